@@ -1,0 +1,264 @@
+"""What every gradient attribution shares: options, the products it writes, and one gradient engine.
+
+Options (``GradientOptions``, set once on every gradient method):
+
+- ``target``: what is explained (see ``rlhook.targets``); a TensorDict target gives one map per entry.
+- ``inputs``: the input keys attributed to (default: the hooked module's floating ``in_keys``).
+- ``layers``: module paths whose *outputs* are attributed to as well (layer attribution).
+- ``chunk_size``: rows (samples x examples) per forward; bounds memory, results equal unchunked ones.
+- ``batched``: one batched backward for all targets (``is_grads_batched``) instead of one per target;
+  ``None`` picks it on CUDA.
+- ``key``: where products go, ``"attr"`` by default.
+
+Products: ``(key, input)`` for a single target, ``(key, name, input)`` for a TensorDict target with entry
+``name``; layer paths take the place of input keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+
+from rlhook.hooked import get_key
+from rlhook.hooks import Hooks
+from rlhook.methods import Method, Prepared
+from rlhook.paths import Path
+from rlhook.targets import SINGLE, Target, evaluate
+
+__all__ = [
+    "GradientMethod",
+    "GradientOptions",
+    "Points",
+    "baselines",
+    "gradients",
+    "flat_view",
+    "write_products",
+]
+
+#: makes the points for a chunk: ``(key, step index per row, example index per row) -> values``
+Points = Callable[[NestedKey, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class GradientOptions:
+    target: Target | None = None
+    inputs: Sequence[NestedKey] | None = None
+    layers: Path | Sequence[Path] | None = None
+    chunk_size: int | None = None
+    batched: bool | None = None
+    key: str = "attr"
+
+
+class GradientMethod(Method):
+    """Base of gradient attributions; subclasses add their own options and implement ``_attribute``."""
+
+    def __init__(self, target: Target | None = None, **options: object) -> None:
+        self.options = GradientOptions(target=target, **options)
+        if self.options.target is None:
+            raise ValueError(
+                f"{type(self).__name__} needs target=... (an output key, a callable or a preset)"
+            )
+        if self.options.chunk_size is not None and self.options.chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of rows, got {self.options.chunk_size}")
+
+    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        opts = self.options
+        self._layers = hooked.resolve(opts.layers) if opts.layers is not None else []
+
+    def input_keys(self, hooked: Prepared, td: TensorDictBase) -> list[NestedKey]:
+        """The attributed input keys: the option, or the floating inputs of the hooked module."""
+        if self.options.inputs is not None:
+            keys = list(self.options.inputs)
+            for k in keys:
+                get_key(td, k)
+            return keys
+        keys = [k for k in hooked.in_keys if torch.is_floating_point(get_key(td, k))]
+        if not keys and not self._layers:
+            raise ValueError(f"no floating input among {hooked.in_keys} to attribute to; pass inputs=[...]")
+        return keys
+
+    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        keys = self.input_keys(hooked, td)
+        flat = flat_view(td)
+        with torch.enable_grad():
+            products = self._attribute(hooked, flat, keys)
+        write_products(td, products, self.options.key)
+        return td
+
+    def _attribute(
+        self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]
+    ) -> dict[str | None, dict[NestedKey, torch.Tensor]]:
+        raise NotImplementedError
+
+
+def flat_view(td: TensorDictBase) -> TensorDictBase:
+    """``td`` with its batch dimensions flattened to one (a leading one added when it has none)."""
+    if td.batch_dims == 1:
+        return td
+    return td.reshape(-1) if td.batch_dims > 1 else td.unsqueeze(0)
+
+
+def write_products(
+    td: TensorDictBase, products: dict[str | None, dict[NestedKey, torch.Tensor]], key: str = "attr"
+) -> None:
+    """Write ``{target name: {input or layer: tensor (flat batch)}}`` under ``key`` in ``td``'s batch shape."""
+    batch = td.batch_size
+    for name, maps in products.items():
+        for k, value in maps.items():
+            value = value.reshape(*batch, *value.shape[1:]) if len(batch) != 1 else value
+            parts = (k,) if isinstance(k, str) else tuple(k)
+            td.set((key, *parts) if name is SINGLE else (key, name, *parts), value.detach())
+
+
+def _split_rows(n_rows: int, chunk_size: int | None) -> list[tuple[int, int]]:
+    size = n_rows if chunk_size is None else max(1, chunk_size)
+    return [(s, min(s + size, n_rows)) for s in range(0, n_rows, size)]
+
+
+def gradients(
+    hooked: Prepared,
+    flat: TensorDictBase,
+    target: Target,
+    keys: Sequence[NestedKey],
+    n_points: int,
+    points: Points,
+    weights: torch.Tensor,
+    *,
+    layers: Sequence[tuple[str, torch.nn.Module]] = (),
+    chunk_size: int | None = None,
+    batched: bool | None = None,
+    square: bool = False,
+    patch_layers: bool = False,
+) -> tuple[
+    dict[str | None, dict[NestedKey, torch.Tensor]], dict[str | None, dict[NestedKey, torch.Tensor]] | None
+]:
+    """Weighted sums of gradients over ``n_points`` points per example, one shared forward per chunk.
+
+    For every target name ``t`` and attributed input ``k`` (a key, or a layer name for ``layers``) returns
+    ``sum_s weights[s] * d target_t / d k (point_s)``, shape ``(B, *k.shape[1:])``, and, with ``square``, the
+    same sum of squared gradients. Rows are (point, example) pairs, ``chunk_size`` rows per forward; all
+    targets share that forward and take one backward each (or one batched backward). With ``patch_layers``
+    each layer's output is *replaced* by ``points(layer, step, ex)`` (the layer taken as the input, as in
+    layer integrated gradients); otherwise gradients are taken at the layer's own output.
+    """
+    n_ex = flat.batch_size[0]
+    n_rows = n_points * n_ex
+    device = flat.device or next(
+        (t.device for t in flat.values(True, True) if isinstance(t, torch.Tensor)), None
+    )
+    batched = (device is not None and device.type == "cuda") if batched is None else batched
+    weights = weights.to(device) if device is not None else weights
+    sums: dict[str | None, dict[NestedKey, torch.Tensor]] = {}
+    squares: dict[str | None, dict[NestedKey, torch.Tensor]] | None = {} if square else None
+    store: dict[str, torch.Tensor] = {}
+    where: dict[str, torch.Tensor] = {}
+    with Hooks() as hooks:
+        for name, module in layers:
+            hooks.forward(module, _capture(store, name, points if patch_layers else None, where))
+        for start, stop in _split_rows(n_rows, chunk_size):
+            rows = torch.arange(start, stop, device=device)
+            step, ex = rows // n_ex, rows % n_ex
+            where.update(step=step, ex=ex)
+            chunk = flat[ex]
+            leaves = []
+            for k in keys:
+                leaf = points(k, step, ex).detach().requires_grad_(True)
+                chunk.set(k, leaf)
+                leaves.append(leaf)
+            store.clear()
+            out = hooked.model_forward(chunk)
+            scores = evaluate(target, out, batch_dims=1)
+            wrt = leaves + [store[n] for n, _ in layers if n in store]
+            names = list(keys) + [n for n, _ in layers if n in store]
+            missing = [n for n, _ in layers if n not in store]
+            if missing:
+                raise RuntimeError(f"layers {missing} never ran during the forward; cannot attribute to them")
+            grads = _vjps(scores, wrt, batched)
+            w = weights[step]
+            for tname, gs in grads.items():
+                acc = sums.setdefault(tname, {})
+                acc2 = squares.setdefault(tname, {}) if squares is not None else None
+                for k, g in zip(names, gs):
+                    g = torch.zeros_like(wrt[names.index(k)]) if g is None else g
+                    wg = g * w.reshape(-1, *([1] * (g.dim() - 1)))
+                    _index_add(acc, k, ex, wg, n_ex)
+                    if acc2 is not None:
+                        _index_add(acc2, k, ex, wg * g, n_ex)
+    return sums, squares
+
+
+def _index_add(acc: dict, k: NestedKey, ex: torch.Tensor, value: torch.Tensor, n_ex: int) -> None:
+    if k not in acc:
+        acc[k] = value.new_zeros((n_ex, *value.shape[1:]))
+    acc[k].index_add_(0, ex, value.detach())
+
+
+def _capture(store: dict, name: str, points: Points | None, where: dict) -> Callable:
+    def hook(module: torch.nn.Module, args: object, output: object) -> torch.Tensor | None:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"layer {name!r} returned {type(output).__name__}; layer attribution needs a tensor"
+            )
+        if points is not None:
+            output = points(name, where["step"], where["ex"]).detach().to(output.dtype).requires_grad_(True)
+        store[name] = output
+        return output if points is not None else None
+
+    return hook
+
+
+def _vjps(
+    scores: dict[str | None, torch.Tensor], wrt: list[torch.Tensor], batched: bool
+) -> dict[str | None, tuple[torch.Tensor | None, ...]]:
+    """Gradients of each per-example score (summed over rows) w.r.t. ``wrt``: one backward per target, or one
+    batched backward for all of them."""
+    names = list(scores)
+    for n in names:
+        if not scores[n].requires_grad:
+            raise RuntimeError(
+                f"target {n or ''!r} does not depend on the attributed inputs (no gradient flows to it); "
+                "check the target and inputs=..."
+            )
+    if batched and len(names) > 1:
+        stacked = torch.stack([scores[n] for n in names])  # (K, rows)
+        eye = torch.eye(len(names), dtype=stacked.dtype, device=stacked.device)
+        grad_out = eye[:, :, None].expand(-1, -1, stacked.shape[1])
+        gs = torch.autograd.grad(
+            stacked, wrt, grad_outputs=grad_out, is_grads_batched=True, allow_unused=True
+        )
+        return {n: tuple(None if g is None else g[i] for g in gs) for i, n in enumerate(names)}
+    result = {}
+    for i, n in enumerate(names):
+        result[n] = torch.autograd.grad(
+            scores[n].sum(), wrt, retain_graph=i < len(names) - 1, allow_unused=True
+        )
+    return result
+
+
+def baselines(td: TensorDictBase, keys: Sequence[NestedKey]) -> dict[NestedKey, torch.Tensor]:
+    """``("baseline", k)`` for each input ``k`` (zeros when absent), checked against the input's shape/device."""
+    result = {}
+    for k in keys:
+        x = td.get(k)
+        parts = (k,) if isinstance(k, str) else tuple(k)
+        b = td.get(("baseline", *parts), None)
+        if b is None:
+            result[k] = torch.zeros_like(x)
+            continue
+        if b.device != x.device:
+            raise ValueError(f"baseline for {k!r} is on {b.device} but the input is on {x.device}")
+        try:
+            shape = torch.broadcast_shapes(b.shape, x.shape)
+        except RuntimeError:
+            shape = None
+        if shape != x.shape:
+            raise ValueError(
+                f"baseline for {k!r} has shape {tuple(b.shape)}, which does not broadcast to the input's shape "
+                f"{tuple(x.shape)}"
+            )
+        result[k] = b.expand_as(x).to(x.dtype)
+    return result

@@ -1,0 +1,72 @@
+"""Saliency and Input x Gradient."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+
+from rlhook.attribution.base import GradientMethod, gradients
+from rlhook.methods import Prepared
+from rlhook.targets import Target
+
+__all__ = ["Saliency", "InputXGradient"]
+
+
+class Saliency(GradientMethod):
+    """Gradient of the target w.r.t. each input (absolute value unless ``abs=False``).
+
+    Reads the attributed inputs; writes ``("attr", k)`` (or ``("attr", name, k)``), same shape as ``k``.
+    """
+
+    def __init__(self, target: Target | None = None, *, abs: bool = True, **options: object) -> None:
+        super().__init__(target, **options)
+        self.abs = abs
+
+    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+        sums, _ = _plain_gradients(self, hooked, flat, keys)
+        if self.abs:
+            sums = {t: {k: g.abs() for k, g in m.items()} for t, m in sums.items()}
+        return sums
+
+
+class InputXGradient(GradientMethod):
+    """Input times the gradient of the target w.r.t. it; writes ``("attr", k)``.
+
+    For layers (``layers=[...]``) the layer's output takes the place of the input.
+    """
+
+    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+        sums, _ = _plain_gradients(self, hooked, flat, keys)
+        acts = _layer_outputs(hooked, flat, self._layers) if self._layers else {}
+        return {
+            t: {k: g * (acts[k] if k in acts else flat.get(k)) for k, g in m.items()} for t, m in sums.items()
+        }
+
+
+def _plain_gradients(method: GradientMethod, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]):
+    o = method.options
+    return gradients(
+        hooked,
+        flat,
+        o.target,
+        keys,
+        1,
+        lambda k, step, ex: flat.get(k)[ex],
+        torch.ones(1),
+        layers=method._layers,
+        chunk_size=o.chunk_size,
+        batched=o.batched,
+    )
+
+
+def _layer_outputs(hooked: Prepared, flat: TensorDictBase, layers: list) -> dict[str, torch.Tensor]:
+    """Outputs of ``layers`` on ``flat`` (no grad), shape ``(B, ...)``."""
+    from rlhook.hooks import Hooks
+
+    store: dict[str, torch.Tensor] = {}
+    with Hooks() as hooks, torch.no_grad():
+        for name, module in layers:
+            hooks.forward(module, lambda m, a, out, name=name: store.__setitem__(name, out))
+        hooked.model_forward(flat.clone(False))
+    return store

@@ -1,0 +1,179 @@
+"""``HookedModule``: any ``nn.Module`` or ``TensorDictModuleBase`` seen as TensorDict in, TensorDict out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import nn
+
+from rlhook.paths import Path, resolve, resolve_one
+
+if TYPE_CHECKING:
+    from rlhook.run import Run
+
+__all__ = ["HookedModule", "MissingKeyError", "get_key"]
+
+_DEFAULT_OUT = ("output",)
+
+
+class MissingKeyError(KeyError):
+    """A missing TensorDict key; the message lists the keys that exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def get_key(td: TensorDictBase, key: NestedKey, what: str = "input") -> Any:
+    """``td[key]`` with an error that lists the keys that exist."""
+    try:
+        return td.get(key)
+    except KeyError:
+        keys = sorted(str(k) for k in td.keys(include_nested=True, leaves_only=True))
+        raise MissingKeyError(f"{what} key {key!r} is not in the TensorDict; its keys are {keys}") from None
+
+
+class HookedModule(nn.Module):
+    """A model seen as TensorDict in, TensorDict out, with paths relative to that model.
+
+    Args:
+        model: an ``nn.Module`` or a ``TensorDictModuleBase`` (e.g. a TorchRL actor or critic).
+        in_keys: for a plain module, the TensorDict keys passed positionally (default ``["input"]``) or a dict
+            ``{td_key: forward_kwarg}`` (HF-style models). For a TensorDict module, the inputs that methods
+            treat as *the* inputs (default: the module's own ``in_keys``).
+        out_keys: for a plain module, where outputs go (default ``["output"]``): a tensor goes to the first key,
+            a tuple to the keys in order, a dict output to ``{name: td_key}`` (or, with the default, to
+            ``("output", name)``). For a TensorDict module, the outputs methods look at (default: its own).
+
+    Calling it with a TensorDict of any batch shape writes the outputs into that TensorDict and returns it.
+    Plain modules see the batch dimensions flattened into one when there are several.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        in_keys: Sequence[NestedKey] | Mapping[NestedKey, str] | None = None,
+        out_keys: Sequence[NestedKey] | Mapping[str | int, NestedKey] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(model, HookedModule):
+            in_keys = model._in_spec if in_keys is None else in_keys
+            out_keys = model._out_spec if out_keys is None else out_keys
+            model = model.model
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"HookedModule needs an nn.Module or TensorDictModuleBase, got {type(model).__name__}"
+            )
+        self.model = model
+        self.is_td_module = isinstance(model, TensorDictModuleBase)
+        if self.is_td_module:
+            in_keys = list(model.in_keys) if in_keys is None else in_keys
+            out_keys = list(model.out_keys) if out_keys is None else out_keys
+        self._in_spec = ["input"] if in_keys is None else in_keys
+        self._out_spec = list(_DEFAULT_OUT) if out_keys is None else out_keys
+        self._default_out = out_keys is None
+        for spec, name in ((self._in_spec, "in_keys"), (self._out_spec, "out_keys")):
+            if isinstance(spec, str | tuple):
+                raise TypeError(
+                    f"{name} must be a list of keys or a dict, not a single key {spec!r}: use [{spec!r}]"
+                )
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        """The TensorDict keys this module reads."""
+        return list(self._in_spec.keys() if isinstance(self._in_spec, Mapping) else self._in_spec)
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        """The TensorDict keys this module writes (for dict outputs with default keys: ``["output"]``)."""
+        return list(self._out_spec.values() if isinstance(self._out_spec, Mapping) else self._out_spec)
+
+    # -- paths ---------------------------------------------------------------------------------------------
+    def resolve(self, path: Path | Sequence[Path]) -> list[tuple[str, nn.Module]]:
+        """``[(name, module)]`` for a path (or paths) relative to the wrapped model."""
+        return resolve(self.model, path)
+
+    def resolve_one(self, path: Path) -> tuple[str, nn.Module]:
+        return resolve_one(self.model, path)
+
+    # -- calling ---------------------------------------------------------------------------------------------
+    def forward(self, td: TensorDictBase) -> TensorDictBase:
+        return self.model_forward(td)
+
+    def model_forward(self, td: TensorDictBase) -> TensorDictBase:
+        """Run the wrapped model on ``td`` and write its outputs into ``td`` (returned)."""
+        if not isinstance(td, TensorDictBase):
+            raise TypeError(f"a HookedModule is called with a TensorDict, got {type(td).__name__}")
+        if self.is_td_module:
+            for key in self.model.in_keys:
+                get_key(td, key)
+            out = self.model(td)
+            return td if out is None else out
+        batch = td.batch_size
+        flat = len(batch) > 1
+        n = math.prod(batch)
+        args, kwargs = [], {}
+        for key in self.in_keys:
+            value = get_key(td, key)
+            if flat and isinstance(value, torch.Tensor):
+                value = value.reshape(n, *value.shape[len(batch) :])
+            if isinstance(self._in_spec, Mapping):
+                kwargs[self._in_spec[key]] = value
+            else:
+                args.append(value)
+        out = self.model(*args, **kwargs)
+        for key, value in self._map_outputs(out):
+            if flat and isinstance(value, torch.Tensor):
+                value = value.reshape(*batch, *value.shape[1:])
+            td.set(key, value)
+        return td
+
+    def _map_outputs(self, out: Any) -> list[tuple[NestedKey, torch.Tensor]]:
+        spec = self._out_spec
+        if isinstance(out, torch.Tensor):
+            keys = list(spec.values()) if isinstance(spec, Mapping) else spec
+            return [(keys[0], out)]
+        if isinstance(out, Mapping):
+            if isinstance(spec, Mapping):
+                missing = [k for k in spec if k not in out]
+                if missing:
+                    raise MissingKeyError(f"model outputs have no {missing}; they have {list(out.keys())}")
+                return [(spec[k], out[k]) for k in spec]
+            if self._default_out:
+                return [(("output", str(k)), v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+            missing = [k for k in spec if k not in out]
+            if missing:
+                raise MissingKeyError(f"model outputs have no {missing}; they have {list(out.keys())}")
+            return [(k, out[k]) for k in spec]
+        if isinstance(out, tuple | list):
+            if isinstance(spec, Mapping):
+                return [(key, out[int(i)]) for i, key in spec.items()]
+            if self._default_out:
+                return [(("output", str(i)), v) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+            if len(spec) != len(out):
+                raise ValueError(
+                    f"the model returned {len(out)} outputs but out_keys has {len(spec)}: {spec}"
+                )
+            return list(zip(spec, out))
+        raise TypeError(f"cannot map a model output of type {type(out).__name__} onto TensorDict keys")
+
+    # -- get-set API -----------------------------------------------------------------------------------------
+    def run(self, td: TensorDictBase) -> Run:
+        """Declare saves and sets in a ``with`` block; the model runs once when the block exits.
+
+        >>> with hooked.run(td) as run:
+        ...     h = run.save("layers.2")
+        ...     run.set("layers.4", lambda output: torch.zeros_like(output))
+        >>> run.output["output"], h.resolve()
+        """
+        from rlhook.run import Run
+
+        return Run(self, td)
+
+    def extra_repr(self) -> str:
+        return f"in_keys={self.in_keys}, out_keys={self.out_keys}"
