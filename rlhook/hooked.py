@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["HookedModule", "MissingKeyError", "get_key"]
 
 _DEFAULT_OUT = ("output",)
+_MISSING = object()
 
 
 class MissingKeyError(KeyError):
@@ -31,11 +32,11 @@ class MissingKeyError(KeyError):
 
 def get_key(td: TensorDictBase, key: NestedKey, what: str = "input") -> Any:
     """``td[key]`` with an error that lists the keys that exist."""
-    try:
-        return td.get(key)
-    except KeyError:
+    value = td.get(key, _MISSING)
+    if value is _MISSING:
         keys = sorted(str(k) for k in td.keys(include_nested=True, leaves_only=True))
-        raise MissingKeyError(f"{what} key {key!r} is not in the TensorDict; its keys are {keys}") from None
+        raise MissingKeyError(f"{what} key {key!r} is not in the TensorDict; its keys are {keys}")
+    return value
 
 
 class HookedModule(nn.Module):
