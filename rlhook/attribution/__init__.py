@@ -1,7 +1,20 @@
 """Attribution methods: each is a ``Method``; products at ``("attr", ...)`` (see ``rlhook.attribution.base``)."""
 
 from rlhook.attribution.base import GradientMethod
+from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
 from rlhook.attribution.integrated import IntegratedGradients
+from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from rlhook.attribution.saliency import InputXGradient, Saliency
 
-__all__ = ["GradientMethod", "InputXGradient", "IntegratedGradients", "Saliency"]
+__all__ = [
+    "ExpectedGradients",
+    "GradientMethod",
+    "GradientSHAP",
+    "InputXGradient",
+    "IntegratedGradients",
+    "NoiseTunnel",
+    "Saliency",
+    "SmoothGrad",
+    "SmoothGradSquared",
+    "VarGrad",
+]
