@@ -1,7 +1,9 @@
 """Attribution methods: each is a ``Method``; products at ``("attr", ...)`` (see ``rlhook.attribution.base``)."""
 
 from rlhook.attribution.base import GradientMethod
+from rlhook.attribution.gradcam import GradCAM
 from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
+from rlhook.attribution.guided import GuidedBackprop
 from rlhook.attribution.integrated import IntegratedGradients
 from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from rlhook.attribution.saliency import InputXGradient, Saliency
@@ -9,7 +11,9 @@ from rlhook.attribution.saliency import InputXGradient, Saliency
 __all__ = [
     "ExpectedGradients",
     "GradientMethod",
+    "GradCAM",
     "GradientSHAP",
+    "GuidedBackprop",
     "InputXGradient",
     "IntegratedGradients",
     "NoiseTunnel",

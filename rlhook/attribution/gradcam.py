@@ -1,0 +1,103 @@
+"""Grad-CAM (Selvaraju et al., 2017) on any conv-like module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+
+from rlhook.attribution.base import GradientMethod, gradients
+from rlhook.attribution.saliency import _layer_outputs
+from rlhook.methods import Prepared
+from rlhook.targets import Target
+
+__all__ = ["GradCAM"]
+
+Pooling = Literal["mean", "sum", "max"] | Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor]
+
+
+class GradCAM(GradientMethod):
+    """Class activation maps: ``relu(sum_c w_c A_c)`` with ``w_c = pool_{spatial}(d target / d A_c)``.
+
+    ``A`` is the output of each module in ``layers=`` (required; any module whose output has a channel dim
+    and spatial dims: Conv1d/2d/3d, a patch embedding, a channels-last encoder ...).
+
+    Reads the model inputs; writes ``("attr", layer)`` for each layer (or ``("attr", name, layer)`` per
+    target), the layer output's shape with the channel dim reduced to 1 (kept).
+
+    Args:
+        channel_dim: the channel dim of the layer output, counted with the batch dim first (``1`` for NCHW,
+            ``-1`` for NHWC).
+        spatial_dims: dims pooled to get the channel weights (default: all but batch and channel dims).
+        pooling: ``"mean"`` (Grad-CAM), ``"sum"``, ``"max"``, or ``fn(grads, dims) -> pooled`` (keepdim).
+        relu: apply the final ReLU (Grad-CAM does; captum's ``relu_attributions`` defaults to False).
+    """
+
+    def __init__(
+        self,
+        target: Target | None = None,
+        *,
+        channel_dim: int = 1,
+        spatial_dims: Sequence[int] | None = None,
+        pooling: Pooling = "mean",
+        relu: bool = True,
+        **options: object,
+    ) -> None:
+        super().__init__(target, **options)
+        if self.options.layers is None:
+            raise ValueError("GradCAM needs layers=... (the conv-like module(s) whose maps are weighted)")
+        if not callable(pooling) and pooling not in ("mean", "sum", "max"):
+            raise ValueError(f"pooling must be 'mean', 'sum', 'max' or a callable, got {pooling!r}")
+        self.channel_dim, self.spatial_dims, self.pooling, self.relu = (
+            channel_dim,
+            spatial_dims,
+            pooling,
+            relu,
+        )
+
+    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+        o = self.options
+        grads, _ = gradients(
+            hooked,
+            flat,
+            o.target,
+            keys,
+            1,
+            lambda k, step, ex: flat.get(k)[ex],
+            torch.ones(1),
+            layers=self._layers,
+            chunk_size=o.chunk_size,
+            batched=o.batched,
+        )
+        acts = _layer_outputs(hooked, flat, self._layers)
+        result: dict = {}
+        for t, maps in grads.items():
+            for name, _ in self._layers:
+                result.setdefault(t, {})[name] = self._cam(name, maps[name], acts[name])
+        return result
+
+    def _cam(self, name: str, grad: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        nd = act.dim()
+        if nd < 2:
+            raise ValueError(
+                f"layer {name!r} output has shape {tuple(act.shape)}; Grad-CAM needs (batch, channels, ...)"
+            )
+        c = self.channel_dim % nd
+        if c == 0:
+            raise ValueError(f"channel_dim={self.channel_dim} is the batch dim of layer {name!r}'s output")
+        dims = tuple(d % nd for d in self.spatial_dims) if self.spatial_dims is not None else None
+        dims = dims if dims is not None else tuple(d for d in range(1, nd) if d != c)
+        if dims:
+            if callable(self.pooling):
+                weights = self.pooling(grad, dims)
+            elif self.pooling == "max":
+                weights = grad.amax(dim=dims, keepdim=True)
+            else:
+                weights = getattr(grad, self.pooling)(dim=dims, keepdim=True)
+        else:
+            weights = grad
+        cam = (weights * act).sum(dim=c, keepdim=True)
+        return cam.clamp(min=0) if self.relu else cam

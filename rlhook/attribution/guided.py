@@ -1,0 +1,70 @@
+"""Guided Backpropagation (Springenberg et al., 2015): only positive gradients flow back through ReLUs."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+from torch import nn
+
+from rlhook.attribution.base import GradientMethod
+from rlhook.attribution.saliency import _plain_gradients
+from rlhook.hooks import Hooks
+from rlhook.methods import Prepared
+from rlhook.targets import Target
+
+__all__ = ["GuidedBackprop"]
+
+
+class _Restore:
+    """A handle-like object that ``Hooks`` removes with the others: restores a module attribute."""
+
+    def __init__(self, module: nn.Module, name: str, value: object) -> None:
+        self.module, self.name, self.value = module, name, value
+
+    def remove(self) -> None:
+        setattr(self.module, self.name, self.value)
+
+
+class GuidedBackprop(GradientMethod):
+    """Gradient in which every ReLU module passes back only the positive part of its incoming gradient.
+
+    A backward pre-hook on each module of type ``relu_types`` (registered through ``Hooks`` for the whole
+    ``prepare`` block) clamps the gradient w.r.t. its output at 0; the ReLU's own backward then applies its
+    mask. In-place ReLUs are switched to out-of-place inside the block and restored on exit. ReLUs called
+    functionally (``F.relu``, ``torch.relu``) cannot be hooked: a model without ReLU modules is an error.
+
+    Reads the attributed inputs; writes ``("attr", k)`` (or ``("attr", name, k)``), same shape as ``k``.
+    """
+
+    def __init__(
+        self,
+        target: Target | None = None,
+        *,
+        relu_types: type[nn.Module] | tuple[type[nn.Module], ...] = nn.ReLU,
+        **options: object,
+    ) -> None:
+        super().__init__(target, **options)
+        self.relu_types = relu_types
+
+    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        super()._setup(hooked, hooks)
+        relus = [m for m in hooked.model.modules() if isinstance(m, self.relu_types)]
+        if not relus:
+            raise ValueError(
+                f"{type(hooked.model).__name__} has no {self.relu_types} module: guided backprop hooks ReLU "
+                "modules (a functional F.relu cannot be hooked; use nn.ReLU modules)"
+            )
+        for m in relus:
+            if getattr(m, "inplace", False):
+                m.inplace = False
+                hooks._keep(_Restore(m, "inplace", True))
+            hooks.backward_pre(m, _positive_grad)
+
+    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+        sums, _ = _plain_gradients(self, hooked, flat, keys)
+        return sums
+
+
+def _positive_grad(module: nn.Module, grad_output: tuple[torch.Tensor | None, ...]) -> tuple:
+    return tuple(None if g is None else g.clamp(min=0) for g in grad_output)
