@@ -178,23 +178,32 @@ def gradients(
             if missing:
                 raise RuntimeError(f"layers {missing} never ran during the forward; cannot attribute to them")
             grads = _vjps(scores, wrt, batched)
-            w = weights[step]
+            aligned = (
+                start % n_ex == 0 and (stop - start) % n_ex == 0
+            )  # whole points: a weighted sum is a GEMV
+            w = weights[start // n_ex : stop // n_ex] if aligned else weights[step]
             for tname, gs in grads.items():
                 acc = sums.setdefault(tname, {})
                 acc2 = squares.setdefault(tname, {}) if squares is not None else None
                 for k, g in zip(names, gs):
-                    g = torch.zeros_like(wrt[names.index(k)]) if g is None else g
-                    wg = g * w.reshape(-1, *([1] * (g.dim() - 1)))
-                    _index_add(acc, k, ex, wg, n_ex)
+                    g = (torch.zeros_like(wrt[names.index(k)]) if g is None else g).detach()
+                    _accumulate(acc, k, ex, g, w, n_ex, aligned)
                     if acc2 is not None:
-                        _index_add(acc2, k, ex, wg * g, n_ex)
+                        _accumulate(acc2, k, ex, g * g, w, n_ex, aligned)
     return sums, squares
 
 
-def _index_add(acc: dict, k: NestedKey, ex: torch.Tensor, value: torch.Tensor, n_ex: int) -> None:
+def _accumulate(
+    acc: dict, k: NestedKey, ex: torch.Tensor, g: torch.Tensor, w: torch.Tensor, n_ex: int, aligned: bool
+) -> None:
+    """``acc[k][e] += sum over rows r with ex[r] == e of w[r] * g[r]`` (``w`` per point when ``aligned``)."""
+    if aligned:
+        value = (w.to(g.dtype) @ g.reshape(w.shape[0], -1)).reshape(n_ex, *g.shape[1:])
+        acc[k] = acc[k] + value if k in acc else value
+        return
     if k not in acc:
-        acc[k] = value.new_zeros((n_ex, *value.shape[1:]))
-    acc[k].index_add_(0, ex, value.detach())
+        acc[k] = g.new_zeros((n_ex, *g.shape[1:]))
+    acc[k].index_add_(0, ex, g * w.to(g.dtype).reshape(-1, *([1] * (g.dim() - 1))))
 
 
 def _capture(store: dict, name: str, points: Points | None, where: dict) -> Callable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -19,6 +20,7 @@ __all__ = ["IntegratedGradients", "Rule", "path_points"]
 Rule = Literal["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
 
 
+@functools.lru_cache(maxsize=64)
 def path_points(n_steps: int, rule: Rule = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:
     """``(alphas, weights)`` of a quadrature rule on [0, 1], float64, each of shape ``(n_steps,)``."""
     if n_steps < 1:
@@ -88,9 +90,17 @@ class IntegratedGradients(GradientMethod):
         alphas, weights = path_points(self.n_steps, self.rule)
         alphas = {k: alphas.to(x.dtype).to(x.device) for k, x in xs.items()}
 
+        diffs = {k: xs[k] - bs[k] for k in xs}
+        n_ex = flat.batch_size[0]
+
         def points(k: NestedKey, step: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
-            x, b = xs[k][ex], bs[k][ex]
-            return b + alphas[k][step].reshape(-1, *([1] * (x.dim() - 1))) * (x - b)
+            x, b, d = xs[k], bs[k], diffs[k]
+            ones = [1] * (x.dim() - 1)
+            if int(ex[0]) == 0 and ex.numel() % n_ex == 0:  # whole steps: broadcast instead of gathering
+                s0 = int(step[0])
+                a = alphas[k][s0 : s0 + ex.numel() // n_ex].reshape(-1, 1, *ones)
+                return torch.addcmul(b[None], a, d[None]).reshape(ex.numel(), *x.shape[1:])
+            return torch.addcmul(b[ex], alphas[k][step].reshape(-1, *ones), d[ex])
 
         runs = [(keys, [])] if not self._layers else [([], [layer]) for layer in self._layers]
         sums: dict = {}
@@ -111,7 +121,7 @@ class IntegratedGradients(GradientMethod):
             for t, m in part.items():
                 sums.setdefault(t, {}).update(m)
         if self.multiply_by_inputs:
-            sums = {t: {k: g * (xs[k] - bs[k]) for k, g in m.items()} for t, m in sums.items()}
+            sums = {t: {k: g * diffs[k] for k, g in m.items()} for t, m in sums.items()}
         if self.delta:
             self._deltas = {}
             for t, m in sums.items():
