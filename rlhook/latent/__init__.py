@@ -9,8 +9,13 @@ from rlhook.latent.patching import (
     NormalKL,
     PathPatching,
 )
+from rlhook.latent.steering import ActivationAddition, SteeringState, SteeringVectors, vectors_from
 
 __all__ = [
+    "ActivationAddition",
+    "SteeringState",
+    "SteeringVectors",
+    "vectors_from",
     "ActionLogProb",
     "ActivationCaching",
     "ActivationPatching",
