@@ -6,10 +6,12 @@ from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
 from rlhook.attribution.guided import GuidedBackprop
 from rlhook.attribution.integrated import IntegratedGradients
 from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
+from rlhook.attribution.occlusion import FeatureAblation, Occlusion
 from rlhook.attribution.saliency import InputXGradient, Saliency
 
 __all__ = [
     "ExpectedGradients",
+    "FeatureAblation",
     "GradientMethod",
     "GradCAM",
     "GradientSHAP",
@@ -17,6 +19,7 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "NoiseTunnel",
+    "Occlusion",
     "Saliency",
     "SmoothGrad",
     "SmoothGradSquared",
