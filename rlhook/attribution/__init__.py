@@ -1,5 +1,6 @@
 """Attribution methods: each is a ``Method``; products at ``("attr", ...)`` (see ``rlhook.attribution.base``)."""
 
+from rlhook.attribution.attribution_patching import AttributionPatching
 from rlhook.attribution.base import GradientMethod
 from rlhook.attribution.gradcam import GradCAM
 from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
@@ -7,9 +8,11 @@ from rlhook.attribution.guided import GuidedBackprop
 from rlhook.attribution.integrated import IntegratedGradients
 from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from rlhook.attribution.occlusion import FeatureAblation, Occlusion
+from rlhook.attribution.perturbation import PerturbationSaliency
 from rlhook.attribution.saliency import InputXGradient, Saliency
 
 __all__ = [
+    "AttributionPatching",
     "ExpectedGradients",
     "FeatureAblation",
     "GradientMethod",
@@ -20,6 +23,7 @@ __all__ = [
     "IntegratedGradients",
     "NoiseTunnel",
     "Occlusion",
+    "PerturbationSaliency",
     "Saliency",
     "SmoothGrad",
     "SmoothGradSquared",
