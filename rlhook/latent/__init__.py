@@ -9,9 +9,29 @@ from rlhook.latent.patching import (
     NormalKL,
     PathPatching,
 )
+from rlhook.latent.probing import (
+    TCAV,
+    BilinearProbe,
+    LogisticProbe,
+    Probing,
+    RidgeProbe,
+    accuracy,
+    balanced_accuracy,
+    f1,
+    r2,
+)
 from rlhook.latent.steering import ActivationAddition, SteeringState, SteeringVectors, vectors_from
 
 __all__ = [
+    "TCAV",
+    "BilinearProbe",
+    "LogisticProbe",
+    "Probing",
+    "RidgeProbe",
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "r2",
     "ActivationAddition",
     "SteeringState",
     "SteeringVectors",
