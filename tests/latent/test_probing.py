@@ -117,7 +117,7 @@ def test_probing_several_modules_vs_sklearn(mlp_and_data):
     train = TensorDict({"input": x[:400], "labels": y_reg[:400]}, [400])
     test = TensorDict({"input": x[400:], "labels": y_reg[400:]}, [200])
     probe = Probing(r"layers\.\d", alpha=2.0)
-    with torch.no_grad(), probe.prepare(model) as hooked:
+    with torch.no_grad(), probe.prepare(model):
         probe.fit(train)
         out = probe.score(test.clone())
     acts_tr, acts_te = hooked_acts(model, x[:400]), hooked_acts(model, x[400:])
@@ -137,10 +137,10 @@ def test_probing_several_modules_vs_sklearn(mlp_and_data):
         Probing("layers.1", task="classification"),
         Probing("layers.1", task="classification", estimator="sklearn:LogisticRegression"),
     )
-    with torch.no_grad(), fast.prepare(model) as h1:
+    with torch.no_grad(), fast.prepare(model):
         fast.fit(train)
         a = fast.score(test.clone())
-    with torch.no_grad(), sk.prepare(model) as h2:
+    with torch.no_grad(), sk.prepare(model):
         sk.fit(train)
         b = sk.score(test.clone())
     agree = (a["probe", "layers.1", "prediction"] == b["probe", "layers.1", "prediction"]).float().mean()
