@@ -1,6 +1,16 @@
 """Latent methods: caching, patching, steering, probing, geometry and sparse autoencoders."""
 
 from rlhook.latent.caching import ActivationCaching
+from rlhook.latent.geometry import (
+    information_imbalance,
+    linear_cka,
+    local_pca,
+    mle_dimension,
+    rbf_cka,
+    representations,
+    similarity_matrix,
+    two_nn,
+)
 from rlhook.latent.patching import (
     ActionLogProb,
     ActivationPatching,
@@ -23,6 +33,14 @@ from rlhook.latent.probing import (
 from rlhook.latent.steering import ActivationAddition, SteeringState, SteeringVectors, vectors_from
 
 __all__ = [
+    "information_imbalance",
+    "linear_cka",
+    "local_pca",
+    "mle_dimension",
+    "rbf_cka",
+    "representations",
+    "similarity_matrix",
+    "two_nn",
     "TCAV",
     "BilinearProbe",
     "LogisticProbe",
