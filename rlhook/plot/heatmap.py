@@ -1,0 +1,87 @@
+"""Heatmaps: one matrix (time x feature, layer x quantity) or a grid of image-shaped attribution maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from rlhook.extras import require
+
+__all__ = ["heatmap", "image_grid"]
+
+
+def _pyplot():
+    matplotlib = require("matplotlib", "plot")
+    matplotlib.use("Agg")
+    return require("matplotlib.pyplot", "plot")
+
+
+def heatmap(
+    values: torch.Tensor,
+    path: str | Path,
+    *,
+    xlabels: Sequence[str] | None = None,
+    ylabel: str = "",
+    xlabel: str = "",
+    title: str = "",
+    diverging: bool = True,
+) -> Path:
+    """Save a 2-D tensor ``(rows, cols)`` as a heatmap PNG (symmetric colour scale when ``diverging``)."""
+    plt = _pyplot()
+    v = values.detach().float().cpu()
+    if v.dim() != 2:
+        raise ValueError(f"heatmap needs a 2-D tensor (rows, cols), got shape {tuple(v.shape)}")
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * v.shape[1] + 2), 4.0))
+    lim = float(v.abs().max()) or 1.0
+    kw = {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim} if diverging else {"cmap": "viridis"}
+    im = ax.imshow(v.numpy(), aspect="auto", interpolation="nearest", **kw)
+    if xlabels is not None:
+        ax.set_xticks(range(len(xlabels)), list(xlabels), rotation=45, ha="right")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def image_grid(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    path: str | Path,
+    *,
+    row_titles: Sequence[str] | None = None,
+    col_titles: Sequence[str] | None = None,
+) -> Path:
+    """Save a grid: one row per example, its image then one attribution map per column.
+
+    ``images``: ``(N, H, W)``; ``maps``: ``(N, K, H, W)`` (K targets), drawn on a symmetric colour scale.
+    """
+    plt = _pyplot()
+    n, k = maps.shape[:2]
+    fig, axes = plt.subplots(n, k + 1, figsize=(1.3 * (k + 1), 1.3 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(images[i].detach().cpu().numpy(), cmap="gray")
+        lim = float(maps[i].abs().max()) or 1.0
+        for j in range(k):
+            axes[i, j + 1].imshow(maps[i, j].detach().cpu().numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        if row_titles is not None:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if col_titles is not None:
+        for j, t in enumerate(["input", *col_titles]):
+            axes[0, j].set_title(t, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
