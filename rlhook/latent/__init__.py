@@ -30,9 +30,13 @@ from rlhook.latent.probing import (
     f1,
     r2,
 )
+from rlhook.latent.sae import SAESplice, SparseAutoencoder, train_sae
 from rlhook.latent.steering import ActivationAddition, SteeringState, SteeringVectors, vectors_from
 
 __all__ = [
+    "SAESplice",
+    "SparseAutoencoder",
+    "train_sae",
     "information_imbalance",
     "linear_cka",
     "local_pca",
