@@ -41,13 +41,13 @@ def infidelity(
     seed: int = 0,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """``E_I[(sum I * attr - (f(x) - f(x')))^2]`` per example, shape ``td.batch_size``.
+    """``E_I[(sum pert * attr - (f(x) - f(x')))^2]`` per example, shape ``td.batch_size``.
 
     With ``multiply_by_inputs`` (attributions that are contributions: IG, Input x Gradient, Shapley) the
-    perturbed input is ``x' = x - I * (x - baseline)``: ``I`` is the fraction of each feature's move to the
-    baseline (default ``I ~ Bernoulli(1/2)``, removing a random half of the features). Otherwise (gradients,
-    ``Saliency(abs=False)``) ``x' = x - I`` with ``I ~ N(0, scale^2)`` by default. ``perturbation`` may be
-    ``"gaussian"``, ``"bernoulli"`` or ``fn(x, generator) -> I``. ``normalize`` rescales the attributions by the
+    perturbed input is ``x' = x - pert * (x - baseline)``: ``pert`` is the fraction of each feature's move to the
+    baseline (default ``pert ~ Bernoulli(1/2)``, removing a random half of the features). Otherwise (gradients,
+    ``Saliency(abs=False)``) ``x' = x - pert`` with ``pert ~ N(0, scale^2)`` by default. ``perturbation`` may be
+    ``"gaussian"``, ``"bernoulli"`` or ``fn(x, generator) -> pert``. ``normalize`` rescales the attributions by the
     least-squares optimal factor per example first (the scale-free variant).
 
     Reads the inputs, ``(key, k)`` and ``("baseline", k)``; writes ``("metrics", "infidelity")``.
@@ -65,18 +65,18 @@ def infidelity(
         x = td.get(k).detach()
         shape = (n_samples, *x.shape)
         if perturbation == "gaussian":
-            I = torch.randn(shape, generator=gen, dtype=x.dtype) * scale
+            pert = torch.randn(shape, generator=gen, dtype=x.dtype) * scale
         elif perturbation == "bernoulli":
-            I = torch.bernoulli(torch.full(shape, 0.5, dtype=x.dtype), generator=gen)
+            pert = torch.bernoulli(torch.full(shape, 0.5, dtype=x.dtype), generator=gen)
         elif callable(perturbation):
-            I = torch.stack([perturbation(x, gen) for _ in range(n_samples)])
+            pert = torch.stack([perturbation(x, gen) for _ in range(n_samples)])
         else:
             raise ValueError(
                 f"perturbation must be 'gaussian', 'bernoulli' or a callable, not {perturbation!r}"
             )
-        I = I.to(x.device)
-        values[k] = x - I * (x - baseline_of(td, k)) if multiply_by_inputs else x - I
-        predicted = predicted + (I * attr[k]).reshape(n_samples, *td.batch_size, -1).sum(-1)
+        pert = pert.to(x.device)
+        values[k] = x - pert * (x - baseline_of(td, k)) if multiply_by_inputs else x - pert
+        predicted = predicted + (pert * attr[k]).reshape(n_samples, *td.batch_size, -1).sum(-1)
     actual = score(hooked, td, target)[None] - score_many(hooked, td, target, values, chunk_size)
     predicted = predicted.to(actual.dtype)
     if normalize:

@@ -68,12 +68,12 @@ def test_infidelity_zero_for_ig_on_linear_and_matches_loop(linear):
     wrong["attr", "input"] = torch.randn(6, 8)
     got = infidelity(linear, wrong, "output", seed=3, n_samples=5)
     gen = torch.Generator().manual_seed(3)
-    I = torch.bernoulli(torch.full((5, 6, 8), 0.5), generator=gen)
+    pert = torch.bernoulli(torch.full((5, 6, 8), 0.5), generator=gen)
     ref = torch.zeros(6)
     with torch.no_grad():
         for s in range(5):
-            xp = x - I[s] * (x - td["baseline", "input"])
-            pred = (I[s] * wrong["attr", "input"]).sum(-1)
+            xp = x - pert[s] * (x - td["baseline", "input"])
+            pred = (pert[s] * wrong["attr", "input"]).sum(-1)
             ref += (pred - (linear(x) - linear(xp))[:, 0]) ** 2
     torch.testing.assert_close(got, ref / 5)
     assert got.min() > 1e-3
