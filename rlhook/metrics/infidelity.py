@@ -41,7 +41,7 @@ def infidelity(
     seed: int = 0,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """``E_I[(sum pert * attr - (f(x) - f(x')))^2]`` per example, shape ``td.batch_size``.
+    """``E_pert[(sum pert * attr - (f(x) - f(x')))^2]`` per example, shape ``td.batch_size``.
 
     With ``multiply_by_inputs`` (attributions that are contributions: IG, Input x Gradient, Shapley) the
     perturbed input is ``x' = x - pert * (x - baseline)``: ``pert`` is the fraction of each feature's move to the
