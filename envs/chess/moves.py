@@ -118,15 +118,21 @@ CONV_POLICY_MAP: torch.Tensor = torch.full((CONV_PLANES * 64,), -1, dtype=torch.
 )
 
 
+_CHESS = None
+
+
 def require_chess():
-    """Import python-chess, or explain which extra installs it."""
-    try:
-        import chess
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "this needs python-chess (GPL-3.0), an optional extra: pip install 'rlhook[chess]'"
-        ) from err
-    return chess
+    """Import python-chess (once), or explain which extra installs it."""
+    global _CHESS
+    if _CHESS is None:
+        try:
+            import chess
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "this needs python-chess (GPL-3.0), an optional extra: pip install 'rlhook[chess]'"
+            ) from err
+        _CHESS = chess
+    return _CHESS
 
 
 def _nn_uci(board: chess.Board, move: chess.Move) -> str:

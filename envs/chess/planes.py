@@ -52,23 +52,30 @@ def _flip(bb: int) -> int:
 
 
 def board_to_bitplanes(board: chess.Board) -> np.ndarray:
-    """Pack ``board`` (with its move stack as history) into ``(112,)`` uint64 words; see module docstring."""
+    """Pack ``board`` (its move stack is the history) into ``(112,)`` uint64 words; see the module docstring.
+
+    The board is walked back and replayed in place, so it is unchanged afterwards (not thread-safe).
+    """
     chess = require_chess()
     us = board.turn
     them = not us
     flip = _flip if us == chess.BLACK else (lambda bb: bb)
     words = [0] * NUM_PLANES
-    b = board.copy(stack=True)
-    for t in range(HISTORY):
-        base = PLANES_PER_STEP * t
-        for k, piece in enumerate(chess.PIECE_TYPES):
-            words[base + k] = flip(b.pieces_mask(piece, us))
-            words[base + 6 + k] = flip(b.pieces_mask(piece, them))
-        if b.is_repetition(2):
-            words[base + 12] = _ALL
-        if not b.move_stack:
-            break
-        b.pop()
+    popped = []  # walk back through the history in place, then replay it
+    try:
+        for t in range(HISTORY):
+            base = PLANES_PER_STEP * t
+            for k, piece in enumerate(chess.PIECE_TYPES):
+                words[base + k] = flip(board.pieces_mask(piece, us))
+                words[base + 6 + k] = flip(board.pieces_mask(piece, them))
+            if board.is_repetition(2):
+                words[base + 12] = _ALL
+            if not board.move_stack or t == HISTORY - 1:
+                break
+            popped.append(board.pop())
+    finally:
+        for move in reversed(popped):
+            board.push(move)
     words[AUX + 0] = _ALL if board.has_queenside_castling_rights(us) else 0
     words[AUX + 1] = _ALL if board.has_kingside_castling_rights(us) else 0
     words[AUX + 2] = _ALL if board.has_queenside_castling_rights(them) else 0
