@@ -6,6 +6,7 @@ from rlhook.attribution.gradcam import GradCAM
 from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
 from rlhook.attribution.guided import GuidedBackprop
 from rlhook.attribution.integrated import IntegratedGradients
+from rlhook.attribution.lrp import LRP, Composite, MergeBatchNorm
 from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from rlhook.attribution.occlusion import FeatureAblation, Occlusion
 from rlhook.attribution.perturbation import PerturbationSaliency
@@ -13,6 +14,7 @@ from rlhook.attribution.saliency import InputXGradient, Saliency
 
 __all__ = [
     "AttributionPatching",
+    "Composite",
     "ExpectedGradients",
     "FeatureAblation",
     "GradientMethod",
@@ -21,6 +23,8 @@ __all__ = [
     "GuidedBackprop",
     "InputXGradient",
     "IntegratedGradients",
+    "LRP",
+    "MergeBatchNorm",
     "NoiseTunnel",
     "Occlusion",
     "PerturbationSaliency",

@@ -1,0 +1,138 @@
+"""The LRP method: rules installed as autograd functions at each module's output for the prepare block."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+from torch import nn
+
+from rlhook.attribution.base import GradientMethod, gradients
+from rlhook.attribution.lrp.canonizers import Canonizer
+from rlhook.attribution.lrp.composite import Composite
+from rlhook.attribution.lrp.rules import Rule
+from rlhook.hooks import Hooks
+from rlhook.methods import Prepared
+from rlhook.targets import SINGLE, Target, evaluate
+
+__all__ = ["LRP"]
+
+
+class _RuleFunction(torch.autograd.Function):
+    """Identity on the module's output value; its backward returns the rule's relevance for the inputs."""
+
+    @staticmethod
+    def forward(ctx, rule: Rule, module: nn.Module, holder: list, *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.rule, ctx.module, ctx.busy = rule, module, holder[1]
+        ctx.save_for_backward(*inputs)
+        return holder[0]
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor):
+        inputs = ctx.saved_tensors
+        ctx.busy.add(id(ctx.module))  # the module's own hook stays off while its rule re-runs it
+        try:
+            with torch.enable_grad():
+                rel = ctx.rule.relevance(ctx.module, inputs, relevance)
+        finally:
+            ctx.busy.discard(id(ctx.module))
+        rel = tuple(r if need else None for r, need in zip(rel, ctx.needs_input_grad[3:]))
+        return (None, None, None, *rel)
+
+
+def _install(module: nn.Module, rule: Rule, name: str, busy: set):
+    def hook(mod: nn.Module, args: tuple, output: object):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if id(mod) in busy or not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+            return None
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"LRP rule {rule!r} on {name!r}: the module returned {type(output).__name__}, not a tensor"
+            )
+        if len(tensors) != len(args):
+            raise TypeError(f"LRP rule {rule!r} on {name!r}: only tensor positional inputs are supported")
+        return _RuleFunction.apply(rule, mod, [output.detach(), busy], *tensors)
+
+    return hook
+
+
+class LRP(GradientMethod):
+    """Layer-wise relevance propagation (Bach et al., 2015; Montavon et al., 2019).
+
+    The relevance of a target starts as its value (at the outputs it selects) and flows back through the
+    model, each module redistributing it by its rule from ``composite`` (``Composite()``: LRP-epsilon).
+    ``canonizers`` (e.g. ``MergeBatchNorm()``) rewrite the model for the prepare block and are undone
+    bitwise on exit. Rules are autograd functions inserted by forward hooks (through ``Hooks``) at each ruled
+    module's output; modules called functionally are seen as plain gradients.
+
+    Reads the attributed inputs; writes ``("attr", k)`` (relevance, same shape as ``k``; or
+    ``("attr", name, k)`` per target), ``("attr", layer)`` for ``layers=[...]`` (relevance at the layer's
+    output) and the conservation gap ``sum_k sum(R_k) - target`` per example at ``"attr_delta"`` (or
+    ``("attr_delta", name)``): zero up to the stabilisers for conserving rules when biases are zero.
+    """
+
+    def __init__(
+        self,
+        target: Target | None = None,
+        *,
+        composite: Composite | None = None,
+        canonizers: Sequence[Canonizer] = (),
+        **options: object,
+    ) -> None:
+        super().__init__(target, **options)
+        self.composite = composite if composite is not None else Composite()
+        self.canonizers = list(canonizers)
+
+    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        super()._setup(hooked, hooks)
+        for canonizer in self.canonizers:
+            canonizer.apply(hooked.model, hooks)
+        busy: set[int] = set()
+        for name, module, rule in self.composite.rules(hooked.model):
+            if getattr(module, "inplace", False):
+                module.inplace = False
+                hooks._keep(_SetBack(module))
+            hooks.forward(module, _install(module, rule, name, busy))
+
+    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+        o = self.options
+        sums, _ = gradients(
+            hooked,
+            flat,
+            o.target,
+            keys,
+            1,
+            lambda k, step, ex: flat.get(k)[ex],
+            torch.ones(1),
+            layers=self._layers,
+            chunk_size=o.chunk_size,
+            batched=o.batched,
+        )
+        with torch.no_grad():
+            scores = evaluate(o.target, hooked.model_forward(flat.clone(False)), batch_dims=1)
+        result: dict = {}
+        self._deltas = {}
+        for t, maps in sums.items():
+            f = scores[t]
+            result[t] = {k: r * f.reshape(-1, *([1] * (r.dim() - 1))).to(r.dtype) for k, r in maps.items()}
+            if keys:
+                total = sum(result[t][k].reshape(f.shape[0], -1).sum(-1) for k in keys)
+                self._deltas[t] = total - f.to(total.dtype)
+        return result
+
+    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        self._deltas = {}
+        td = super()._apply(hooked, td)
+        for t, d in self._deltas.items():
+            td.set("attr_delta" if t is SINGLE else ("attr_delta", t), d.reshape(td.batch_size).detach())
+        return td
+
+
+class _SetBack:
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def remove(self) -> None:
+        self.module.inplace = True
