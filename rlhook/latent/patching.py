@@ -11,7 +11,7 @@ see the whole TensorDict of each run: its inputs (e.g. the taken ``"action"``) a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDictBase
@@ -166,6 +166,23 @@ class _Effects:
         if self.normalize and self.target is None:
             raise ValueError("normalize=True rescales target effects; it needs target=...")
 
+    def _effects(
+        self, clean: TensorDictBase, patched: TensorDictBase, source: TensorDictBase
+    ) -> dict[tuple, torch.Tensor]:
+        """``{key suffix: per-example tensor}``: ``("patch_effect", [target])`` and ``("patch_divergence",)``."""
+        out: dict[tuple, torch.Tensor] = {}
+        if self.target is not None:
+            t_clean, t_patch = evaluate(self.target, clean), evaluate(self.target, patched)
+            t_src = evaluate(self.target, source) if self.normalize else None
+            for tname, v in t_patch.items():
+                effect = v - t_clean[tname]
+                if t_src is not None:
+                    effect = effect / (t_src[tname] - t_clean[tname])
+                out[("patch_effect",) if tname is None else ("patch_effect", tname)] = effect
+        if self.divergence is not None:
+            out[("patch_divergence",)] = self.divergence(clean, patched)
+        return out
+
     def _write_effects(
         self,
         td: TensorDictBase,
@@ -174,18 +191,8 @@ class _Effects:
         patched: TensorDictBase,
         source: TensorDictBase,
     ) -> None:
-        if self.target is not None:
-            t_clean, t_patch = evaluate(self.target, clean), evaluate(self.target, patched)
-            t_src = evaluate(self.target, source) if self.normalize else None
-            for tname, v in t_patch.items():
-                effect = v - t_clean[tname]
-                if t_src is not None:
-                    effect = effect / (t_src[tname] - t_clean[tname])
-                td.set(
-                    _key("patch_effect", name) if tname is None else _key("patch_effect", name, tname), effect
-                )
-        if self.divergence is not None:
-            td.set(_key("patch_divergence", name), self.divergence(clean, patched))
+        for (kind, *rest), value in self._effects(clean, patched, source).items():
+            td.set(_key(kind, name, *rest), value)
 
 
 # -- activation patching ---------------------------------------------------------------------------------------------
@@ -206,6 +213,10 @@ class ActivationPatching(_Effects, Method):
     dim) and/or ``positions`` (indices along ``position_dim``, default dim 1 after the batch) restrict it; a
     ``patch_fn(clean_act, source_act) -> act`` replaces the rule altogether (e.g. mean-ablation, interpolation).
     Activations are seen with the batch flattened into dim 0, as the module sees them.
+
+    ``sweep="positions"`` (or ``"units"``) patches each index along that dim on its own (one forward each,
+    keeping the other selection) and stacks the results: ``("patch_effect", name)`` and
+    ``("patch_divergence", name)`` get a trailing dim of that size; ``("patch", name, ...)`` is not written.
     """
 
     def __init__(
@@ -220,11 +231,15 @@ class ActivationPatching(_Effects, Method):
         position_dim: int = 1,
         patch_fn: PatchFn | None = None,
         jointly: bool = False,
+        sweep: Literal["units", "positions"] | None = None,
         normalize: bool = False,
         source: str = "patched",
     ) -> None:
-        if patch_fn is not None and (units is not None or positions is not None):
-            raise ValueError("pass either patch_fn=... or units=/positions=..., not both")
+        if patch_fn is not None and (units is not None or positions is not None or sweep is not None):
+            raise ValueError("pass either patch_fn=... or units=/positions=/sweep=..., not both")
+        if sweep not in (None, "units", "positions"):
+            raise ValueError(f"sweep must be None, 'units' or 'positions', not {sweep!r}")
+        self.sweep = sweep
         self.paths, self.target, self.divergence = paths, target, divergence
         self.units, self.positions, self.unit_dim, self.position_dim = (
             units,
@@ -238,15 +253,19 @@ class ActivationPatching(_Effects, Method):
     def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
         self._modules = hooked.resolve(self.paths)
 
-    def swap(self, clean: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    def swap(
+        self, clean: torch.Tensor, source: torch.Tensor, units: Any = None, positions: Any = None
+    ) -> torch.Tensor:
         """The patched activation for ``clean`` and ``source`` activations of the same shape."""
         if self.patch_fn is not None:
             return self.patch_fn(clean, source)
-        if self.units is None and self.positions is None:
+        units = self.units if units is None else units
+        positions = self.positions if positions is None else positions
+        if units is None and positions is None:
             return source
         mask = torch.zeros_like(clean, dtype=torch.bool)
         index: list[Any] = [slice(None)] * clean.dim()
-        for dim, idx in ((self.position_dim, self.positions), (self.unit_dim, self.units)):
+        for dim, idx in ((self.position_dim, positions), (self.unit_dim, units)):
             if idx is not None:
                 d = dim % clean.dim()
                 if d == 0:
@@ -280,18 +299,39 @@ class ActivationPatching(_Effects, Method):
             td.set(_key(self.source, k), source_out.get(k))
         groups = [names] if self.jointly else [[n] for n in names]
         for group in groups:
-            with Hooks() as hooks:
-                for name, module in self._modules:
-                    if name in group:
-                        src = src_acts[name]
-                        hooks.forward(module, _set(lambda act, src=src: self.swap(act, src), name))
-                patched_in = td.exclude(self.source, *[_key(k) for k in out_keys]).copy()
-                patched_out = hooked.model_forward(patched_in)
             gname = "+".join(group)
-            for k in out_keys:
-                td.set(_key("patch", gname, k), patched_out.get(k))
-            self._write_effects(td, gname, clean_out, patched_out, source_out)
+            if self.sweep is None:
+                patched_out = self._patched_run(hooked, td, group, src_acts, {})
+                for k in out_keys:
+                    td.set(_key("patch", gname, k), patched_out.get(k))
+                self._write_effects(td, gname, clean_out, patched_out, source_out)
+                continue
+            dim = self.position_dim if self.sweep == "positions" else self.unit_dim
+            sizes = {src_acts[n].shape[dim % src_acts[n].dim()] for n in group}
+            if len(sizes) != 1:
+                raise ValueError(
+                    f"sweep={self.sweep!r} needs the same size along dim {dim} in {group}: {sizes}"
+                )
+            per_index: dict[tuple, list[torch.Tensor]] = {}
+            for i in range(sizes.pop()):
+                sel = {"positions" if self.sweep == "positions" else "units": [i]}
+                patched_out = self._patched_run(hooked, td, group, src_acts, sel)
+                for suffix, v in self._effects(clean_out, patched_out, source_out).items():
+                    per_index.setdefault(suffix, []).append(v)
+            for (kind, *rest), values in per_index.items():
+                td.set(_key(kind, gname, *rest), torch.stack(values, -1))
         return td
+
+    def _patched_run(
+        self, hooked: Prepared, td: TensorDictBase, group: list[str], src_acts: dict, sel: dict
+    ) -> TensorDictBase:
+        with Hooks() as hooks:
+            for name, module in self._modules:
+                if name in group:
+                    src = src_acts[name]
+                    hooks.forward(module, _set(lambda act, src=src: self.swap(act, src, **sel), name))
+            patched_in = td.exclude(self.source, *[_key(k) for k in hooked.out_keys]).copy()
+            return hooked.model_forward(patched_in)
 
 
 # -- path patching ---------------------------------------------------------------------------------------------------

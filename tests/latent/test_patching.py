@@ -187,3 +187,63 @@ def test_lifecycle_and_errors(setup):
     with pytest.raises(ValueError, match="freeze"):
         with PathPatching("layers.0", "layers.2", "output", freeze=["layers.0"]).prepare(model):
             pass
+
+
+def test_sweep_over_positions_equals_single_patches():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    td = TensorDict({"input": torch.randn(5, 6, 4), ("patched", "input"): torch.randn(5, 6, 4)}, [5])
+    target = lambda out: out["output"][..., 0].sum(-1)
+    with torch.no_grad():
+        with ActivationPatching("1", target, sweep="positions", units=[0, 3]).prepare(model) as h:
+            out = h(td.clone())
+        eff = out["patch_effect", "1"]
+        assert eff.shape == (5, 6)
+        for p in range(6):
+            with ActivationPatching("1", target, positions=[p], units=[0, 3]).prepare(model) as h:
+                single = h(td.clone())["patch_effect", "1"]
+            torch.testing.assert_close(eff[:, p], single)
+        with ActivationPatching(
+            "1",
+            target,
+            sweep="units",
+            divergence=lambda c, p: (c["output"] - p["output"]).abs().sum((-1, -2)),
+        ).prepare(model) as h:
+            out = h(td.clone())
+        assert out["patch_effect", "1"].shape == (5, 8) and out["patch_divergence", "1"].shape == (5, 8)
+    with pytest.raises(ValueError, match="sweep"):
+        ActivationPatching("1", target, sweep="heads")
+
+
+def test_gaussian_policy_kl_and_log_prob():
+    """A TensorDict Gaussian policy (loc, scale heads): patching the trunk, KL and log-prob of the taken action."""
+    from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
+
+    torch.manual_seed(8)
+    trunk = nn.Sequential(nn.Linear(5, 16), nn.Tanh())
+    heads = nn.Sequential(nn.Linear(16, 4), NormalParamExtractor())
+    policy = TensorDictSequential(
+        TensorDictModule(trunk, ["observation"], ["hidden"]),
+        TensorDictModule(heads, ["hidden"], ["loc", "scale"]),
+    )
+    td = TensorDict(
+        {
+            "observation": torch.randn(6, 5),
+            ("patched", "observation"): torch.randn(6, 5),
+            "action": torch.randn(6, 2),
+        },
+        [6],
+    )
+
+    def log_prob(out):
+        return torch.distributions.Normal(out["loc"], out["scale"]).log_prob(out["action"]).sum(-1)
+
+    with torch.no_grad():
+        with ActivationPatching("0.module.1", log_prob, divergence=NormalKL()).prepare(policy) as h:
+            out = h(td.clone())
+        dist = lambda obs: torch.distributions.Normal(*heads(trunk(obs)))
+        clean, patched = dist(td["observation"]), dist(td["patched", "observation"])
+    ref = patched.log_prob(td["action"]).sum(-1) - clean.log_prob(td["action"]).sum(-1)
+    torch.testing.assert_close(out["patch_effect", "0.module.1"], ref)
+    kl = torch.distributions.kl_divergence(clean, patched).sum(-1)
+    torch.testing.assert_close(out["patch_divergence", "0.module.1"], kl)

@@ -255,3 +255,16 @@ def test_lifecycle_errors_and_missing_sklearn(mlp_and_data, monkeypatch):
     monkeypatch.setattr(importlib, "import_module", no_sklearn)
     with pytest.raises(ImportError, match=r"pip install rlhook\[probe\]"):
         Probing("layers.0", estimator="sklearn:Ridge")
+
+
+def test_multi_dim_batch_probing_equals_flat(mlp_and_data):
+    model, x, y_reg, _ = mlp_and_data
+    flat = TensorDict({"input": x, "labels": y_reg}, [600])
+    grid = TensorDict({"input": x.reshape(20, 30, 6), "labels": y_reg.reshape(20, 30)}, [20, 30])
+    a, b = Probing("layers.1"), Probing("layers.1")
+    with torch.no_grad(), a.prepare(model) as ha, b.prepare(model) as hb:
+        fa, fb = ha(flat.clone()), hb(grid.clone())
+    torch.testing.assert_close(
+        fb["probe", "layers.1", "prediction"].reshape(600), fa["probe", "layers.1", "prediction"]
+    )
+    assert fb["probe", "layers.1", "r2"].shape == (20, 30)
