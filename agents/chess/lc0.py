@@ -354,6 +354,8 @@ def _check_format(net_msg: _Msg) -> tuple[int, bool, str]:
 
 def decode_net(data: bytes) -> LeelaNet:
     """Build a :class:`LeelaNet` (eval mode) from ``.pb.gz`` bytes; :class:`Lc0FormatError` if unreadable."""
+    if not data:
+        raise Lc0FormatError("not a readable gzip stream: the file is empty")
     try:
         raw = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from agents.chess.net import LeelaConfig, LeelaNet, save_checkpoint
 from agents.chess.positions import make_dataset, unpack_legal
-from envs.chess.planes import unpack_planes
+from envs.chess.planes import HISTORY, PLANES_PER_STEP, unpack_planes
 
-__all__ = ["HOLDOUT_SEED", "evaluate", "load_or_make", "train", "main"]
+__all__ = ["HOLDOUT_SEED", "without_history", "evaluate", "load_or_make", "train", "main"]
 
 HOLDOUT_SEED = 999  # training uses other seeds; positions of this seed are never trained on
 
@@ -44,12 +44,29 @@ def load_or_make(
 
 
 def _batch(
-    data: dict[str, np.ndarray], idx: np.ndarray, device: torch.device | str = "cpu"
+    data: dict[str, np.ndarray],
+    idx: np.ndarray,
+    device: torch.device | str = "cpu",
+    gen: np.random.Generator | None = None,
+    history_dropout: float = 0.0,
 ) -> tuple[torch.Tensor, ...]:
-    planes = unpack_planes(data["words"][idx])
+    words = data["words"][idx]
+    if history_dropout > 0:  # cut the history of some positions to k steps (k = 1: a bare FEN)
+        cut = gen.random(len(idx)) < history_dropout
+        keep = gen.integers(1, HISTORY, size=len(idx))
+        step = np.arange(HISTORY * PLANES_PER_STEP) // PLANES_PER_STEP
+        words[:, : HISTORY * PLANES_PER_STEP][cut[:, None] & (step[None, :] >= keep[:, None])] = 0
+    planes = unpack_planes(words)
     legal = unpack_legal(data["legal"][idx])
     out = planes, legal, torch.from_numpy(data["move"][idx]), torch.from_numpy(data["wdl"][idx])
     return tuple(t.to(device) for t in out)
+
+
+def without_history(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A copy of ``data`` whose positions have no history planes, as if given by a bare FEN."""
+    words = data["words"].copy()
+    words[:, PLANES_PER_STEP : HISTORY * PLANES_PER_STEP] = 0
+    return {**data, "words": words}
 
 
 @torch.no_grad()
@@ -80,9 +97,14 @@ def train(
     weight_decay: float = 1e-4,
     snapshots: int = 3,
     seed: int = 0,
+    history_dropout: float = 0.25,
     progress: bool = True,
 ) -> list[dict]:
-    """Train for ``steps`` (one-cycle learning rate); returns the metrics of each saved checkpoint."""
+    """Train for ``steps`` (one-cycle learning rate); returns the metrics of each saved checkpoint.
+
+    ``history_dropout``: fraction of training positions whose history is cut to a random 1..7 steps, so the
+    net also handles positions given as a bare FEN (no history planes).
+    """
     from tqdm.auto import tqdm
 
     gen = np.random.default_rng(seed)
@@ -103,7 +125,9 @@ def train(
     for step in bar:
         if cursor + batch > n:
             order, cursor = gen.permutation(n), 0
-        planes, legal, move, target = _batch(data, order[cursor : cursor + batch], device)
+        planes, legal, move, target = _batch(
+            data, order[cursor : cursor + batch], device, gen, history_dropout
+        )
         cursor += batch
         out = net.heads(planes)
         policy_loss = F.cross_entropy(out["policy"].masked_fill(~legal, -1e9), move)
@@ -117,6 +141,7 @@ def train(
             bar.set_postfix(policy=f"{policy_loss.item():.3f}", wdl=f"{wdl_loss.item():.3f}")
         if step in save_at:
             metrics = evaluate(net, holdout)
+            metrics.update({f"{k}_fen_only": v for k, v in evaluate(net, without_history(holdout)).items()})
             meta = {
                 "step": step,
                 "positions_seen": step * batch,
@@ -147,6 +172,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--blocks", type=int, default=6)
     p.add_argument("--filters", type=int, default=32)
     p.add_argument("--se-ratio", type=int, default=4)
+    p.add_argument(
+        "--history-dropout", type=float, default=0.25, help="positions trained without full history"
+    )
     p.add_argument("--snapshots", type=int, default=3, help="intermediate checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -178,6 +206,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.lr,
         snapshots=args.snapshots,
         seed=args.seed,
+        history_dropout=args.history_dropout,
         progress=progress,
     )
     cpu = sum(os.times()[:4])  # this process and its finished workers

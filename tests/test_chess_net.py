@@ -1,0 +1,160 @@
+"""The Leela-style net, the teacher's labels and the shipped checkpoints (held-out agreement with the teacher)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModuleBase
+
+chess = pytest.importorskip("chess")
+
+from agents.chess.net import LeelaConfig, LeelaNet, load_checkpoint, save_checkpoint  # noqa: E402
+from agents.chess.positions import make_dataset, play_positions  # noqa: E402
+from agents.chess.teacher import DRAW, LOSS, WIN, label_position, move_gain  # noqa: E402
+from agents.chess.train import HOLDOUT_SEED, evaluate, train  # noqa: E402
+from envs.chess.moves import POLICY_INDEX, legal_move_mask  # noqa: E402
+from envs.chess.planes import board_to_planes  # noqa: E402
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "agents" / "chess" / "checkpoints"
+FINAL = CHECKPOINTS / "leela_6x32_final.pt"
+STEPS = ("step450", "step900", "step1350", "final")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions run far faster on one thread than on two busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def holdout():
+    """1000 held-out positions: the first quarter of the set the training run reported on (seed 999)."""
+    return make_dataset(1000, seed=HOLDOUT_SEED)
+
+
+def test_module_paths_follow_lc0_names_and_tensordict_io():
+    net = LeelaNet(blocks=2, filters=8, se_ratio=2, moves_left=True).eval()
+    assert isinstance(net, TensorDictModuleBase)
+    names = dict(net.named_modules())
+    for path in [
+        "inputconv",
+        "block0.conv1",
+        "block1.conv2",
+        "block1.se",
+        "policy1",
+        "policy",
+        "value",
+        "ip2_val",
+    ]:
+        assert path in names
+    assert net.in_keys == ["board"] and net.out_keys == ["policy", "wdl", "mlh"]
+    td = TensorDict({"board": torch.rand(2, 3, 112, 8, 8)}, batch_size=[2, 3])
+    out = net(td)
+    assert (
+        out["policy"].shape == (2, 3, 1858)
+        and out["wdl"].shape == (2, 3, 3)
+        and out["mlh"].shape == (2, 3, 1)
+    )
+    flat = net.heads(td["board"].reshape(6, 112, 8, 8))
+    torch.testing.assert_close(flat["policy"], out["policy"].reshape(6, 1858))
+    assert (out["mlh"] >= 0).all()
+
+
+def test_block_outputs_are_hookable_activations():
+    net = LeelaNet(blocks=3, filters=8, se_ratio=2).eval()
+    seen = {}
+    handles = [
+        getattr(net, f"block{i}").register_forward_hook(lambda m, i, o, k=i: seen.__setitem__(k, o))
+        for i in range(3)
+    ]
+    net.heads(torch.rand(4, 112, 8, 8))
+    for h in handles:
+        h.remove()
+    assert sorted(seen) == [0, 1, 2] and all(
+        v.shape == (4, 8, 8, 8) and (v >= 0).all() for v in seen.values()
+    )
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = LeelaNet(LeelaConfig(blocks=1, filters=8, se_ratio=0, activation="mish")).eval()
+    save_checkpoint(net, tmp_path / "n.pt", note="x")
+    raw = torch.load(tmp_path / "n.pt", weights_only=True)
+    assert set(raw) == {"config", "state_dict", "meta"}
+    loaded = load_checkpoint(tmp_path / "n.pt")
+    x = torch.rand(3, 112, 8, 8)
+    assert torch.equal(net.heads(x)["policy"], loaded.heads(x)["policy"]) and loaded.meta == {"note": "x"}
+
+
+def test_teacher_rules_on_hand_made_positions():
+    mate = chess.Board("6k1/5ppp/8/8/8/8/8/R5K1 w - - 0 1")  # back-rank mate Ra8#
+    lab = label_position(mate)
+    assert (
+        lab.rule == "mate" and lab.move == chess.Move.from_uci("a1a8") and lab.wdl == WIN and lab.mate_in_one
+    )
+    hanging = chess.Board("4k3/8/8/3q4/8/8/3R4/4K3 w - - 0 1")  # the rook takes an undefended queen
+    lab = label_position(hanging)
+    assert lab.rule == "capture" and lab.move == chess.Move.from_uci("d2d5") and lab.best_gain == 9
+    assert lab.their_hanging == 9 and lab.wdl == WIN
+    guarded = chess.Board("4k3/8/4p3/3n4/8/8/3Q4/4K3 w - - 0 1")  # Qxd5 exd5: a queen for a knight
+    assert move_gain(guarded, chess.Move.from_uci("d2d5")) == 3 - 9
+    defended = chess.Board("4k3/8/4p3/3n4/2P5/8/3Q4/4K3 w - - 0 1")  # c4 defends d5: loses queen for pawn
+    assert move_gain(defended, chess.Move.from_uci("d2d5")) == 3 - (9 - 1)
+    assert move_gain(defended, chess.Move.from_uci("c4d5")) == 3
+    lab = label_position(chess.Board("4k3/8/8/8/8/8/4P3/4K3 b - - 0 1"))  # a pawn down, nothing hangs
+    assert lab.material == -1 and lab.wdl == DRAW
+    lab = label_position(chess.Board("4k3/8/8/8/8/8/3PPP2/2R1K3 b - - 0 1"))  # a rook and pawns down
+    assert lab.wdl == LOSS and lab.mobility == len(
+        list(chess.Board("4k3/8/8/8/8/8/3PPP2/2R1K3 b - - 0 1").legal_moves)
+    )
+
+
+def test_positions_are_seeded_and_labelled():
+    a = make_dataset(40, seed=5)
+    b = make_dataset(40, seed=5)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["words"].shape == (40, 112) and a["legal"].shape == (40, 233)
+    for (board, lab), move in zip(play_positions(5, seed=5 * 100003), a["move"][:5]):  # the first chunk
+        assert lab.move_index == move and lab.move in board.legal_moves
+        assert POLICY_INDEX[move]  # a valid index
+
+
+@pytest.mark.skipif(not FINAL.exists(), reason="shipped checkpoint missing")
+def test_shipped_net_agrees_with_the_teacher(holdout):
+    net = load_checkpoint(FINAL)
+    assert net.config.blocks == 6 and net.config.filters == 32
+    metrics = evaluate(net, holdout)
+    assert metrics["top1"] >= 0.5, metrics
+    assert metrics["wdl_acc"] >= 0.9, metrics
+    control = evaluate(LeelaNet(net.config).eval(), holdout)  # same architecture, untrained
+    assert control["top1"] < 0.45 and control["wdl_acc"] < 0.6, control
+
+
+@pytest.mark.skipif(not FINAL.exists(), reason="shipped checkpoint missing")
+def test_intermediate_checkpoints_improve_over_training():
+    metas = [load_checkpoint(CHECKPOINTS / f"leela_6x32_{s}.pt").meta for s in STEPS]
+    assert [m["step"] for m in metas] == [450, 900, 1350, 1800]
+    assert metas[0]["top1"] < metas[-1]["top1"] and metas[-1]["cpu_seconds"] < 600
+
+
+@pytest.mark.skipif(not FINAL.exists(), reason="shipped checkpoint missing")
+def test_shipped_net_plays_the_teacher_capture():
+    board = chess.Board("4k3/8/8/3q4/8/8/3R4/4K3 w - - 0 1")
+    net = load_checkpoint(FINAL)  # a bare FEN: no history planes
+    logits = net.heads(board_to_planes(board)[None])["policy"][0].masked_fill(
+        ~legal_move_mask(board), -torch.inf
+    )
+    assert POLICY_INDEX[int(logits.argmax())] == "d2d5"
+
+
+def test_training_loop_writes_snapshots(tmp_path):
+    data = make_dataset(64, seed=11)
+    net = LeelaNet(blocks=1, filters=8, se_ratio=2)
+    history = train(net, data, data, steps=4, out_dir=tmp_path, batch=16, snapshots=1, progress=False)
+    assert [h["step"] for h in history] == [2, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["leela_1x8_final.pt", "leela_1x8_step2.pt"]
+    assert not net.training
