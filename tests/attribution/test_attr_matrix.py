@@ -1,0 +1,312 @@
+"""The attribution test matrix: methods x models (MLP, CNN, multi-input TensorDictModule, TorchRL actor) x
+checks (captum agreement across batch shapes, batched == one-by-one, chunked == unchunked, no hook left
+after success or an exception, the model left as it was)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import captum.attr as ca
+import pytest
+import torch
+from tensordict import TensorDict
+
+import rlhook
+from rlhook.attribution import (
+    FeatureAblation,
+    GradCAM,
+    GradientSHAP,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+    SmoothGrad,
+)
+from rlhook.attribution.gradient_shap import shap_draws
+from rlhook.attribution.lrp import LRP, Composite, Epsilon
+from rlhook.attribution.noise_tunnel import draw_noise
+from tests.attribution.attr_cases import CASES, Case, captum_noise, captum_shap_draws, flat_inputs
+
+N_NT, STDEV, SEED = 4, 0.3, 5
+
+
+def _reference_set(case: Case) -> dict:
+    gen = torch.Generator().manual_seed(11)
+    return {k: torch.randn(3, *s, generator=gen, dtype=torch.float64) for k, s in case.shapes.items()}
+
+
+@dataclass
+class Row:
+    """One method of the matrix: how rlhook runs it (``None``: not applicable to the case) and how captum
+    computes the same attributions from the flattened inputs."""
+
+    make: Callable[[Case], object]
+    captum: Callable[[Case, TensorDict], tuple] | None
+    random: bool = False  # draws depend on the batch: no one-by-one check
+    chunks: bool = True
+    tol: float = 1e-9
+
+
+def _cap(cls, **kw) -> Callable:
+    def run(case: Case, td: TensorDict) -> tuple:
+        xs = flat_inputs(case, td)
+        out = cls(case.captum_forward).attribute(
+            xs, target=case.captum_target, additional_forward_args=case.extra(td) or None, **kw
+        )
+        return out if isinstance(out, tuple) else (out,)
+
+    return run
+
+
+def _cap_nt(case: Case, td: TensorDict) -> tuple:
+    xs = flat_inputs(case, td)
+    noise = draw_noise(dict(zip(case.keys(), xs)), N_NT, STDEV, SEED)
+    with captum_noise(noise, case.keys()):
+        return ca.NoiseTunnel(ca.Saliency(case.captum_forward)).attribute(
+            xs,
+            nt_type="vargrad",
+            nt_samples=N_NT,
+            stdevs=STDEV,
+            target=case.captum_target,
+            additional_forward_args=case.extra(td) or None,
+            abs=False,
+        )
+
+
+def _cap_shap(case: Case, td: TensorDict) -> tuple:
+    xs = flat_inputs(case, td)
+    refs = _reference_set(case)
+    index, alpha = shap_draws(xs[0].shape[0], N_NT, 3, SEED, torch.float64)
+    noise = draw_noise(dict(zip(case.keys(), xs)), N_NT, STDEV, SEED)
+    with captum_noise(noise, case.keys()), captum_shap_draws(index, alpha):
+        return ca.GradientShap(case.captum_forward).attribute(
+            xs,
+            baselines=tuple(refs[k] for k in case.keys()),
+            n_samples=N_NT,
+            stdevs=STDEV,
+            target=case.captum_target,
+            additional_forward_args=case.extra(td) or None,
+        )
+
+
+def _cap_gradcam(case: Case, td: TensorDict) -> tuple:
+    layer = case.model.get_submodule(case.conv)
+    xs = flat_inputs(case, td)
+    return (
+        ca.LayerGradCam(case.captum_forward, layer).attribute(
+            xs, target=case.captum_target, relu_attributions=True
+        ),
+    )
+
+
+def _cap_occlusion(case: Case, td: TensorDict) -> tuple:
+    xs = flat_inputs(case, td)
+    windows = tuple(_window(s) for s in (case.shapes[k] for k in case.keys()))
+    out = ca.Occlusion(case.captum_forward).attribute(
+        xs,
+        sliding_window_shapes=windows,
+        strides=tuple(_stride(s) for s in (case.shapes[k] for k in case.keys())),
+        target=case.captum_target,
+        additional_forward_args=case.extra(td) or None,
+    )
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _window(shape: tuple) -> tuple:
+    return (3, 3, 3) if len(shape) == 3 else (2,)
+
+
+def _stride(shape: tuple) -> tuple:
+    return (1, 2, 2) if len(shape) == 3 else (1,)
+
+
+def _masks(case: Case) -> dict | None:
+    """Per-element features for vectors; 4x4 patches per channel for images (12 features, keeps it fast)."""
+    masks = {}
+    for k, s in case.shapes.items():
+        if len(s) == 3:
+            cells = torch.arange(s[0] * 4).reshape(s[0], 2, 2)
+            masks[k] = cells.repeat_interleave(s[1] // 2, 1).repeat_interleave(s[2] // 2, 2)
+        else:
+            masks[k] = torch.arange(s[0]) + 100 * len(masks)
+    return masks
+
+
+def _cap_ablation(case: Case, td: TensorDict) -> tuple:
+    xs = flat_inputs(case, td)
+    masks = _masks(case)
+    out = ca.FeatureAblation(case.captum_forward).attribute(
+        xs,
+        target=case.captum_target,
+        additional_forward_args=case.extra(td) or None,
+        feature_mask=tuple(masks[k].unsqueeze(0) for k in case.keys()),
+    )
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _cap_lrp(case: Case, td: TensorDict) -> tuple:
+    return (ca.LRP(case.captum_forward).attribute(flat_inputs(case, td), target=case.captum_target)[0],)
+
+
+ROWS: dict[str, Row] = {
+    "saliency": Row(lambda c: Saliency(c.target), _cap(ca.Saliency)),
+    "ixg": Row(lambda c: InputXGradient(c.target), _cap(ca.InputXGradient)),
+    "ig": Row(
+        lambda c: IntegratedGradients(c.target, n_steps=8, delta=False),
+        _cap(ca.IntegratedGradients, n_steps=8),
+        tol=1e-7,  # captum casts the quadrature weights to float32
+    ),
+    "nt_vargrad": Row(
+        lambda c: NoiseTunnel(
+            Saliency(c.target, abs=False), kind="vargrad", n_samples=N_NT, stdev=STDEV, seed=SEED
+        ),
+        _cap_nt,
+        random=True,
+    ),
+    "smoothgrad": Row(
+        lambda c: SmoothGrad(c.target, kind="vargrad", n_samples=N_NT, stdev=STDEV, seed=SEED),
+        _cap_nt,
+        random=True,
+    ),
+    "gradient_shap": Row(
+        lambda c: GradientSHAP(c.target, n_samples=N_NT, stdev=STDEV, seed=SEED, baselines=_reference_set(c)),
+        _cap_shap,
+        random=True,
+    ),
+    "guided": Row(lambda c: GuidedBackprop(c.target) if c.relu else None, _cap(ca.GuidedBackprop)),
+    "gradcam": Row(lambda c: GradCAM(c.target, layers=c.conv) if c.conv else None, _cap_gradcam),
+    "occlusion": Row(
+        lambda c: Occlusion(
+            c.target,
+            window={k: _window(s) for k, s in c.shapes.items()},
+            strides={k: _stride(s) for k, s in c.shapes.items()},
+        ),
+        _cap_occlusion,
+        tol=1e-6,  # captum returns occlusion maps in float32
+    ),
+    "feature_ablation": Row(lambda c: FeatureAblation(c.target, feature_mask=_masks(c)), _cap_ablation),
+    "lrp": Row(
+        lambda c: (
+            LRP(c.target, composite=Composite(rule=Epsilon(1e-9))) if c.relu and c.name == "mlp" else None
+        ),
+        _cap_lrp,
+    ),
+}
+
+
+def _products(case: Case, td: TensorDict, method) -> TensorDict:
+    with case.prepare(method) as hooked:
+        return hooked(td.clone())["attr"]
+
+
+def _method(row: str, case_name: str) -> tuple[Case, object]:
+    case = CASES[case_name]()
+    method = ROWS[row].make(case)
+    if method is None:
+        pytest.skip(f"{row} does not apply to {case_name}")
+    return case, method
+
+
+def _map_keys(case: Case, row: str) -> list:
+    return [case.conv] if row == "gradcam" else case.keys()
+
+
+@pytest.mark.parametrize("batch", [(5,), (2, 3), ()], ids=["b5", "b2x3", "b0"])
+@pytest.mark.parametrize("case_name", list(CASES))
+@pytest.mark.parametrize("row", list(ROWS))
+def test_agrees_with_captum(row: str, case_name: str, batch: tuple) -> None:
+    case, method = _method(row, case_name)
+    if batch != (5,) and row in ("lrp", "guided", "gradcam") and case_name != "mlp":
+        pytest.skip("batch-shape handling is method-independent; checked on the MLP")
+    td = case.td(batch)
+    ours = _products(case, td, method)
+    theirs = ROWS[row].captum(case, td)
+    for k, ref in zip(_map_keys(case, row), theirs):
+        got = ours[k]
+        assert got.shape == (*batch, *ref.shape[1:]), (got.shape, ref.shape)
+        torch.testing.assert_close(
+            got.reshape(ref.shape), ref.to(got.dtype), rtol=ROWS[row].tol, atol=ROWS[row].tol
+        )
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+@pytest.mark.parametrize("row", [r for r in ROWS if not ROWS[r].random])
+def test_batched_equals_one_by_one(row: str, case_name: str) -> None:
+    case, method = _method(row, case_name)
+    td = case.td((4,))
+    together = _products(case, td, method)
+    for i in range(4):
+        alone = _products(case, td[i : i + 1], method)
+        for k in _map_keys(case, row):
+            torch.testing.assert_close(together[k][i : i + 1], alone[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+@pytest.mark.parametrize("row", list(ROWS))
+def test_chunked_equals_unchunked(row: str, case_name: str) -> None:
+    case, method = _method(row, case_name)
+    td = case.td((5,))
+    whole = _products(case, td, method)
+    method.options.chunk_size = 3
+    chunked = _products(case, td, method)
+    for k in _map_keys(case, row):
+        torch.testing.assert_close(chunked[k], whole[k], rtol=1e-10, atol=1e-12)
+
+
+def _snapshot(model: torch.nn.Module) -> tuple:
+    return (
+        [p.detach().clone() for p in model.state_dict().values()],
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [getattr(m, "inplace", None) for m in model.modules()],
+    )
+
+
+def _same(model: torch.nn.Module, snap: tuple) -> None:
+    now = _snapshot(model)
+    assert all(torch.equal(a, b) for a, b in zip(now[0], snap[0])), "weights changed"
+    assert now[1:] == snap[1:], "training / requires_grad / inplace flags changed"
+    assert rlhook.hook_count(model) == 0, "a hook was left behind"
+
+
+class Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+@pytest.mark.parametrize("row", list(ROWS))
+def test_no_hook_left_and_model_unchanged(row: str, case_name: str) -> None:
+    case, method = _method(row, case_name)
+    snap = _snapshot(case.model)
+    td = case.td((3,))
+    _products(case, td, method)
+    _same(case.model, snap)
+
+    # an exception inside the target
+    original = method.options.target
+
+    def bad_target(out):
+        raise Boom("target failed")
+
+    method.options.target = bad_target
+    with pytest.raises(Boom):
+        _products(case, td, method)
+    method.options.target = original
+    _same(case.model, snap)
+
+    # an exception inside the model (the first parameterised submodule raises)
+    leaf = next(m for m in case.model.modules() if list(m.parameters(recurse=False)))
+
+    def explode(*args, **kwargs):
+        raise Boom("model failed")
+
+    leaf.forward = explode
+    try:
+        with pytest.raises(Boom):
+            _products(case, td, method)
+    finally:
+        del leaf.forward
+    _same(case.model, snap)
