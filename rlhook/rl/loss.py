@@ -1,0 +1,172 @@
+"""``LossAttribution``: attribute each term of a TorchRL loss to observations and to activations inside it.
+
+TorchRL losses keep their networks as plain attributes (``loss.actor_network``, ``loss.critic_network``) and
+may call them with swapped-in parameters, under ``torch.vmap`` (value estimators, ensembles) or several times
+(target networks, ensemble members). This method runs the loss once with gradients on and takes one
+gradient per loss term through that single graph:
+
+- ``("attr", term, key)``: gradient of the term w.r.t. input ``key`` (times the input with
+  ``multiply_by_inputs``), one row per sample of the batch;
+- ``("attr", term, layer)``: gradient w.r.t. the layer's output; a layer that ran several times (a target
+  network, ensemble members with ``deactivate_vmap=True``) gets ``layer#0``, ``layer#1``, ... per call;
+- ``method.grad_norms``: a TensorDict ``{term: {module: norm of d term / d its own parameters}}`` for every
+  module with parameters in the loss's networks.
+
+A layer that runs under ``torch.vmap`` (GAE's default value estimation inside the loss, SAC-style ensembles)
+cannot be attributed per call: that raises an error naming ``deactivate_vmap=True`` (or precomputing the
+advantage) rather than returning something silently wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.utils import NestedKey
+from torch import nn
+
+from rlhook.attribution.base import write_products
+from rlhook.hooked import get_key
+from rlhook.hooks import Hooks
+from rlhook.methods import Method, Prepared
+from rlhook.paths import Path, resolve
+
+__all__ = ["LossAttribution", "loss_networks"]
+
+DEFAULT_TERMS = ("loss_objective", "loss_critic", "loss_entropy")
+
+
+def loss_networks(loss: nn.Module) -> nn.ModuleDict:
+    """The networks a TorchRL loss holds as attributes (``actor_network``, ``critic_network``, ...), as a
+    ``ModuleDict`` so that paths like ``"critic_network.module.fc1"`` resolve."""
+    nets = {k: v for k, v in vars(loss).items() if k.endswith("_network") and isinstance(v, nn.Module)}
+    nets.update({k: v for k, v in loss.named_children() if k.endswith("_network")})
+    if not nets:
+        raise TypeError(f"{type(loss).__name__} holds no '*_network' modules; is it a TorchRL LossModule?")
+    return nn.ModuleDict(nets)
+
+
+class _Calls:
+    """A forward hook keeping every call's output (tensors only), refusing vmapped ones."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.outputs, self.vmapped = name, [], False
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        # never raise in here: TorchRL swaps parameters in and out around these calls, and an exception
+        # thrown inside its vmapped call would leave batched tensors in the user's modules
+        if torch._C._functorch.is_batchedtensor(output) if isinstance(output, torch.Tensor) else False:
+            self.vmapped = True
+        else:
+            self.outputs.append(output)
+
+    def check(self) -> None:
+        if self.vmapped:
+            raise RuntimeError(
+                f"layer {self.name!r} ran under torch.vmap inside the loss, so its activations cannot be attributed "
+                "per call. Build the value estimator / loss with deactivate_vmap=True, or compute the advantage "
+                "before calling the loss (then no value network runs under vmap)"
+            )
+        for out in self.outputs:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(
+                    f"layer {self.name!r} returned {type(out).__name__}; attribution needs a tensor"
+                )
+
+
+class LossAttribution(Method):
+    """Attribute loss terms (``loss_objective``, ``loss_critic``, ``loss_entropy``...) of a TorchRL loss.
+
+    Args:
+        terms: loss output keys to explain (each a scalar).
+        inputs: batch keys to attribute to (default ``["observation"]``).
+        layers: paths relative to the loss's networks (``"actor_network.module.0.module.act1"``); regexes work.
+        multiply_by_inputs: write gradient x input for ``inputs`` (layers always get the plain gradient).
+
+    Use as ``with LossAttribution(...).prepare(loss) as hooked: td = hooked(batch)``.
+    """
+
+    def __init__(
+        self,
+        terms: Sequence[str] = DEFAULT_TERMS,
+        *,
+        inputs: Sequence[NestedKey] = ("observation",),
+        layers: Path | Sequence[Path] | None = None,
+        multiply_by_inputs: bool = False,
+    ) -> None:
+        self.terms, self.inputs, self.layers = list(terms), list(inputs), layers
+        self.multiply_by_inputs = multiply_by_inputs
+        self.grad_norms: TensorDictBase | None = None
+
+    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        nets = loss_networks(hooked.model)
+        self._layers = resolve(nets, self.layers) if self.layers is not None else []
+        self._weighted = [
+            (name, [p for p in m.parameters(recurse=False) if p.requires_grad])
+            for name, m in nets.named_modules()
+        ]
+        self._weighted = [(name, ps) for name, ps in self._weighted if ps]
+
+    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        work = td.copy()
+        leaves = {}
+        for key in self.inputs:
+            x = get_key(work, key)
+            leaves[key] = x.detach().clone().requires_grad_(True)
+            work.set(key, leaves[key])
+        calls = {name: _Calls(name) for name, _ in self._layers}
+        with Hooks() as hooks, torch.enable_grad():
+            for name, module in self._layers:
+                hooks.forward(module, calls[name])
+            out = hooked.model(work)
+            for c in calls.values():
+                c.check()
+            missing = [t for t in self.terms if t not in out.keys()]
+            if missing:
+                raise KeyError(f"the loss wrote no {missing}; it wrote {sorted(map(str, out.keys()))}")
+            acts = {
+                (name if len(c.outputs) == 1 else f"{name}#{i}"): a
+                for name, c in calls.items()
+                for i, a in enumerate(c.outputs)
+            }
+            params = dict(self._weighted)
+            flat_params = [p for ps in params.values() for p in ps]
+            wrt = list(leaves.values()) + list(acts.values()) + flat_params
+            products: dict[str, dict[NestedKey, torch.Tensor]] = {}
+            norms = {}
+            for i, term in enumerate(self.terms):
+                value = out.get(term)
+                if value.numel() != 1 or not value.requires_grad:
+                    raise ValueError(
+                        f"loss term {term!r} is not a differentiable scalar (shape {tuple(value.shape)})"
+                    )
+                grads = torch.autograd.grad(
+                    value.sum(), wrt, retain_graph=i < len(self.terms) - 1, allow_unused=True
+                )
+                grads = [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
+                maps: dict[NestedKey, torch.Tensor] = {}
+                for (key, x), g in zip(leaves.items(), grads):
+                    maps[key] = g * x.detach() if self.multiply_by_inputs else g
+                for name, g in zip(acts, grads[len(leaves) :]):
+                    maps[name] = g
+                product_maps = {k: _fit(v, td.batch_size) for k, v in maps.items()}
+                products[term] = product_maps
+                rest = iter(grads[len(leaves) + len(acts) :])
+                norms[term] = {
+                    name: torch.sqrt(sum((next(rest) ** 2).sum() for _ in ps)) for name, ps in params.items()
+                }
+        write_products(td, products, "attr")
+        self.grad_norms = TensorDict(
+            {t: {n: v.detach() for n, v in m.items()} for t, m in norms.items()}, batch_size=[]
+        )
+        return td
+
+
+def _fit(value: torch.Tensor, batch: torch.Size) -> torch.Tensor:
+    """Activations of a flattened minibatch back to the batch shape (when they are per-sample)."""
+    n = batch.numel()
+    if len(batch) and value.shape[: len(batch)] != batch and value.dim() >= 1 and value.shape[0] == n:
+        value = value.reshape(*batch, *value.shape[1:])
+    return value.reshape(n, *value.shape[len(batch) :]) if len(batch) != 1 else value

@@ -1,0 +1,112 @@
+"""``Recorder``: a picklable TensorDictModule around a policy that writes activations into the rollout.
+
+Collectors run the policy under ``no_grad`` and, for multi-process collectors, in spawned workers: the only
+capture that reaches the batch is what the policy writes into its output TensorDict. The recorder does that:
+
+>>> policy = Recorder(actor, [r"module\\.0\\.module\\.act\\d"])
+>>> collector = Collector(env, policy, frames_per_batch=200, total_frames=1000)
+>>> batch["rlhook", "module.0.module.act1"]          # [T, 256], next to the observations that caused it
+
+Its hooks live only for the duration of each forward (registered and removed through ``Hooks``), so the
+recorder pickles with the policy, leaves nothing on the user's modules between calls, and its output keys
+are declared up front (the collector's dry run sees them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import nn
+
+from rlhook.hooks import Hooks
+from rlhook.paths import Path, resolve
+
+__all__ = ["Recorder"]
+
+
+class _Store:
+    """A picklable forward hook that keeps the last output of a module."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+
+    def hook(self, name: str):
+        return _StoreHook(self, name)
+
+
+class _StoreHook:
+    def __init__(self, store: _Store, name: str) -> None:
+        self.store, self.name = store, name
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        # checked after the forward (raising inside a vmapped call can leave swapped parameters behind)
+        self.store.values[self.name] = output
+
+
+class Recorder(TensorDictModuleBase):
+    """Run ``policy`` and write the outputs of the modules at ``paths`` to ``(*prefix, name)``.
+
+    Args:
+        policy: any TensorDictModule policy (a TorchRL actor, a ``TensorDictSequential``...).
+        paths: module paths relative to ``policy`` (dotted, regex, list).
+        prefix: key prefix of the recorded activations (default ``("rlhook",)``).
+
+    Reads the policy's ``in_keys``; writes its ``out_keys`` plus ``(*prefix, name)`` for each recorded module,
+    shaped like the TensorDict's batch plus the activation's own dims.
+    """
+
+    def __init__(
+        self, policy: TensorDictModuleBase, paths: Path | Sequence[Path], prefix: NestedKey = "rlhook"
+    ):
+        super().__init__()
+        if not isinstance(policy, TensorDictModuleBase):
+            raise TypeError(
+                f"Recorder wraps a TensorDictModule policy, got {type(policy).__name__}; wrap plain modules with "
+                "tensordict.nn.TensorDictModule first"
+            )
+        self.policy = policy
+        self.prefix = (prefix,) if isinstance(prefix, str) else tuple(prefix)
+        self.names = [name for name, _ in resolve(policy, paths)]
+        self._paths = paths
+        self.in_keys = list(policy.in_keys)
+        self.out_keys = list(policy.out_keys) + [self.key(n) for n in self.names]
+
+    def key(self, name: str) -> tuple[str, ...]:
+        """The TensorDict key of the module recorded as ``name``."""
+        return (*self.prefix, name)
+
+    def forward(self, td: TensorDictBase) -> TensorDictBase:
+        store = _Store()
+        with Hooks() as hooks:
+            for name, module in resolve(self.policy, self._paths):
+                hooks.forward(module, store.hook(name))
+            out = self.policy(td)
+        out = td if out is None else out
+        for name in self.names:
+            value = store.values.get(name)
+            if value is None:
+                raise RuntimeError(f"Recorder: module {name!r} did not run during the policy's forward")
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"Recorder: module {name!r} returned {type(value).__name__}, not a tensor")
+            if torch._C._functorch.is_batchedtensor(value):
+                raise RuntimeError(
+                    f"Recorder: module {name!r} ran under torch.vmap; its activation cannot leave the vmapped "
+                    "call. Record outside vmap (e.g. GAE(..., deactivate_vmap=True))"
+                )
+            out.set(self.key(name), value.detach())
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # behave like the policy for what collectors ask of it (spec, get_dist, ...)
+            modules = self.__dict__.get("_modules", {})
+            if name.startswith("_") or "policy" not in modules:
+                raise
+            return getattr(modules["policy"], name)

@@ -1,0 +1,87 @@
+"""The recorder's keys reach Collector, ParallelEnv and MultiSyncCollector batches, and equal a separate forward."""
+
+import functools
+import pickle
+
+import pytest
+import torch
+
+pytest.importorskip("torchrl")
+pytest.importorskip("mujoco")
+
+from torchrl.collectors import Collector, MultiSyncCollector  # noqa: E402
+from torchrl.data import LazyTensorStorage, ReplayBuffer  # noqa: E402
+
+from agents.pendulum.nets import make_actor  # noqa: E402
+from envs.pendulum import make_env  # noqa: E402
+from rlhook import hook_count  # noqa: E402
+from rlhook.rl import Recorder  # noqa: E402
+
+LAYERS = r"module\.0\.module\.act\d"
+NAMES = ["module.0.module.act0", "module.0.module.act1"]
+
+
+def hidden(actor, obs):
+    net = actor.module[0].module
+    h0 = net.act0(net.fc0(obs))
+    return {NAMES[0]: h0, NAMES[1]: net.act1(net.fc1(h0))}
+
+
+def check(batch, actor):
+    ref = hidden(actor, batch["observation"])
+    for name in NAMES:
+        assert batch["rlhook", name].shape == (*batch.batch_size, 256)
+        torch.testing.assert_close(batch["rlhook", name], ref[name])
+
+
+@pytest.fixture(scope="module")
+def actor():
+    torch.manual_seed(0)
+    return make_actor()
+
+
+def test_keys_declared_and_picklable(actor):
+    rec = Recorder(actor, LAYERS)
+    assert [("rlhook", n) for n in NAMES] == rec.out_keys[-2:]
+    clone = pickle.loads(pickle.dumps(rec))
+    assert clone.names == NAMES and hook_count(actor) == 0
+    with pytest.raises(TypeError, match="TensorDictModule"):
+        Recorder(torch.nn.Linear(2, 2), "weight")
+
+
+def test_collector_and_replay_buffer(actor):
+    rec = Recorder(actor, LAYERS)
+    collector = Collector(make_env(seed=0), rec, frames_per_batch=40, total_frames=80)
+    rb = ReplayBuffer(storage=LazyTensorStorage(100))
+    for batch in collector:
+        assert batch.batch_size == (40,)
+        check(batch, actor)
+        rb.extend(batch)
+    collector.shutdown()
+    sample = rb.sample(16)
+    check(sample, actor)
+    assert hook_count(actor) == 0
+
+
+def test_parallel_env(actor):
+    collector = Collector(
+        make_env(seed=0, parallel=2), Recorder(actor, LAYERS), frames_per_batch=20, total_frames=20
+    )
+    batch = next(iter(collector))
+    collector.shutdown()
+    assert batch.batch_size == (2, 10)
+    check(batch, actor)
+
+
+@pytest.mark.slow
+def test_multisync_collector_spawned_workers(actor):
+    collector = MultiSyncCollector(
+        [functools.partial(make_env, seed=0)] * 2,
+        Recorder(actor, LAYERS),
+        frames_per_batch=20,
+        total_frames=20,
+    )
+    batch = next(iter(collector))
+    collector.shutdown()
+    assert batch.batch_size == (2, 10)
+    check(batch, actor)
