@@ -83,8 +83,6 @@ class Composite:
         """``[(name, module, rule)]`` for every module of ``model`` that gets a rule."""
         by_id: dict[int, tuple[str, nn.Module, Rule]] = {}
         for name, module in model.named_modules():
-            if not name:
-                continue
             for t, r in self.types:
                 if isinstance(module, t):
                     by_id[id(module)] = (name, module, r)
