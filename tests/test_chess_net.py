@@ -13,7 +13,7 @@ chess = pytest.importorskip("chess")
 from agents.chess.net import LeelaConfig, LeelaNet, load_checkpoint, save_checkpoint  # noqa: E402
 from agents.chess.positions import make_dataset, play_positions  # noqa: E402
 from agents.chess.teacher import DRAW, LOSS, WIN, label_position, move_gain  # noqa: E402
-from agents.chess.train import HOLDOUT_SEED, evaluate, train  # noqa: E402
+from agents.chess.train import HOLDOUT_SEED, evaluate, train, without_history  # noqa: E402
 from envs.chess.moves import POLICY_INDEX, legal_move_mask  # noqa: E402
 from envs.chess.planes import board_to_planes  # noqa: E402
 
@@ -130,6 +130,8 @@ def test_shipped_net_agrees_with_the_teacher(holdout):
     metrics = evaluate(net, holdout)
     assert metrics["top1"] >= 0.5, metrics
     assert metrics["wdl_acc"] >= 0.9, metrics
+    bare = evaluate(net, without_history(holdout))  # the same positions given as bare FENs
+    assert bare["top1"] >= 0.5 and bare["wdl_acc"] >= 0.85, bare
     control = evaluate(LeelaNet(net.config).eval(), holdout)  # same architecture, untrained
     assert control["top1"] < 0.45 and control["wdl_acc"] < 0.6, control
 
