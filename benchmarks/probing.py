@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -182,6 +183,7 @@ def main() -> None:
                     failed[name] = f"{type(exc).__name__}: {exc}"[:120]
                     continue
                 times[name].append(time.perf_counter() - t0)
+                print(f"  {task:8s} {name:12s} {times[name][-1]:8.2f} s", file=sys.stderr, flush=True)
         base = statistics.median(times["rlhook"])
         ref = scores["rlhook"]
         for name in variants:
