@@ -160,3 +160,27 @@ def test_training_loop_writes_snapshots(tmp_path):
     assert [h["step"] for h in history] == [2, 4]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["leela_1x8_final.pt", "leela_1x8_step2.pt"]
     assert not net.training
+
+
+@pytest.mark.skipif(not FINAL.exists(), reason="shipped checkpoint missing")
+def test_net_plays_through_torchrl_chess_env():
+    pytest.importorskip("torchrl")
+    from envs.chess.env import make_chess_env, make_leela_policy
+
+    net = load_checkpoint(FINAL)
+    env = make_chess_env(include_san=True)
+    seen = []
+    handle = net.block3.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    try:
+        rollout = env.rollout(8, make_leela_policy(net))
+    finally:
+        handle.remove()
+    assert rollout["board"].shape == (8, 112, 8, 8) and len(seen) == 8
+    board = chess.Board()
+    for t in range(8):
+        assert torch.equal(rollout["board"][t], board_to_planes(board))  # planes carry the game's history
+        legal = legal_move_mask(board)
+        greedy = int(rollout["policy"][t].masked_fill(~legal, -torch.inf).argmax())
+        assert int(rollout["move_index"][t]) == greedy
+        board.push_san(rollout["next", "san"][t])
+        assert board.fen() == rollout["next", "fen"][t]
