@@ -168,7 +168,7 @@ def test_conservation_with_zero_biases(rule: str) -> None:
     labels = model(x).argmax(-1)
     td = TensorDict({"input": x, "labels": labels}, [6])
     target = lambda o: o["output"].gather(-1, o["labels"][:, None]).squeeze(-1)  # noqa: E731
-    with LRP(target, composite=Composite(rule=TINY[rule]())).prepare(model) as hooked:
+    with LRP(target, composite=Composite(rule=TINY[rule]()), conservation=1e-8).prepare(model) as hooked:
         out = hooked(td)
     f = model(x).gather(-1, labels[:, None]).squeeze(-1).detach()
     torch.testing.assert_close(out["attr", "input"].sum(-1), f, rtol=1e-8, atol=1e-10)
@@ -187,6 +187,10 @@ def test_conservation_fails_with_biases() -> None:
     with LRP(lambda o: o["output"][..., 0]).prepare(model) as hooked:
         out = hooked(TensorDict({"input": x}, [6]))
     assert out["attr_delta"].abs().max() > 1e-2
+    with pytest.raises(ValueError, match="relevance is not conserved"):
+        with LRP(lambda o: o["output"][..., 0], conservation=1e-3).prepare(model) as hooked:
+            hooked(TensorDict({"input": x}, [6]))
+    assert rlhook.hook_count(model) == 0
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,7 @@ class LRP(GradientMethod):
     ``("attr", name, k)`` per target), ``("attr", layer)`` for ``layers=[...]`` (relevance at the layer's
     output) and the conservation gap ``sum_k sum(R_k) - target`` per example at ``"attr_delta"`` (or
     ``("attr_delta", name)``): zero up to the stabilisers for conserving rules when biases are zero.
+    With ``conservation=tol`` a relative gap above ``tol`` on any example is an error.
     """
 
     def __init__(
@@ -79,9 +80,11 @@ class LRP(GradientMethod):
         *,
         composite: Composite | None = None,
         canonizers: Sequence[Canonizer] = (),
+        conservation: float | None = None,
         **options: object,
     ) -> None:
         super().__init__(target, **options)
+        self.conservation = conservation
         self.composite = composite if composite is not None else Composite()
         self.canonizers = list(canonizers)
 
@@ -120,7 +123,21 @@ class LRP(GradientMethod):
             if keys:
                 total = sum(result[t][k].reshape(f.shape[0], -1).sum(-1) for k in keys)
                 self._deltas[t] = total - f.to(total.dtype)
+                self._check(t, self._deltas[t], f)
         return result
+
+    def _check(self, name: str | None, delta: torch.Tensor, f: torch.Tensor) -> None:
+        if self.conservation is None:
+            return
+        bad = (delta.abs() > self.conservation * f.abs().clamp(min=1e-12)).nonzero().flatten()
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(
+                f"relevance is not conserved for target {name or ''!r} on {len(bad)} example(s) (first: #{i}, "
+                f"input relevance {float(delta[i] + f[i]):.6g} vs target {float(f[i]):.6g}, allowed relative gap "
+                f"{self.conservation}); biases, stabilisers, rules such as Flat/WSquare on biased layers, or an "
+                "unhandled addition (map Residual to the block or use lrp.Sum) absorb or double relevance"
+            )
 
     def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
         self._deltas = {}
