@@ -39,7 +39,7 @@ def get_key(td: TensorDictBase, key: NestedKey, what: str = "input") -> Any:
     return value
 
 
-class HookedModule(nn.Module):
+class HookedModule(TensorDictModuleBase):
     """A model seen as TensorDict in, TensorDict out, with paths relative to that model.
 
     Args:
@@ -52,7 +52,8 @@ class HookedModule(nn.Module):
             ``("output", name)``). For a TensorDict module, the outputs methods look at (default: its own).
 
     Calling it with a TensorDict of any batch shape writes the outputs into that TensorDict and returns it.
-    Plain modules see the batch dimensions flattened into one when there are several.
+    Plain modules see the batch dimensions flattened into one when there are several. It is itself a
+    ``TensorDictModuleBase``, so a prepared method drops into TorchRL (``env.rollout``, collectors) as a policy.
     """
 
     def __init__(
