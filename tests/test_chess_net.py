@@ -184,3 +184,31 @@ def test_net_plays_through_torchrl_chess_env():
         assert int(rollout["move_index"][t]) == greedy
         board.push_san(rollout["next", "san"][t])
         assert board.fen() == rollout["next", "fen"][t]
+
+
+def test_teacher_shortcuts_match_python_chess():
+    """The teacher's cheap check filter and push-free gains agree with python-chess on many positions."""
+    from agents.chess.teacher import PIECE_VALUES, _may_check, mating_moves
+
+    for board, _ in play_positions(150, seed=21):
+        brute_mates = []
+        for move in board.legal_moves:
+            gives_check = board.gives_check(move)
+            assert _may_check(board, move) or not gives_check, (board.fen(), move)
+            board.push(move)
+            if board.is_checkmate():
+                brute_mates.append(move)
+            attackers = board.attackers(board.turn, move.to_square)
+            defended = board.is_attacked_by(not board.turn, move.to_square)
+            board.pop()
+            piece = move.promotion or board.piece_type_at(move.from_square)
+            gain = 1 if board.is_en_passant(move) else 0
+            if board.is_capture(move) and not board.is_en_passant(move):
+                gain = PIECE_VALUES[board.piece_type_at(move.to_square)]
+            if move.promotion:
+                gain += PIECE_VALUES[move.promotion] - 1
+            if attackers and piece != chess.KING:
+                cheapest = min(PIECE_VALUES[board.piece_type_at(s)] or 100 for s in attackers)
+                gain -= max(0, PIECE_VALUES[piece] - cheapest) if defended else PIECE_VALUES[piece]
+            assert move_gain(board, move) == gain, (board.fen(), move)
+        assert set(mating_moves(board)) == set(brute_mates)

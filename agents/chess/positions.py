@@ -99,7 +99,9 @@ def _dataset_part(args: tuple[int, int, dict]) -> dict[str, np.ndarray]:
     return out
 
 
-def make_dataset(n: int, seed: int, workers: int = 1, chunk: int = 2000, progress: bool = False, **options):
+def make_dataset(
+    n: int, seed: int, workers: int = 1, chunk: int = 2000, progress: bool = False, **options
+) -> dict[str, np.ndarray]:
     """``n`` labelled positions as a dict of numpy arrays (see the module docstring).
 
     Work is cut into chunks of ``chunk`` positions seeded ``seed * 100003 + k``, so the result depends on
