@@ -310,3 +310,26 @@ def test_no_hook_left_and_model_unchanged(row: str, case_name: str) -> None:
     finally:
         del leaf.forward
     _same(case.model, snap)
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+@pytest.mark.parametrize("row", list(ROWS))
+def test_several_targets_in_one_call_equal_separate_runs(row: str, case_name: str) -> None:
+    case, method = _method(row, case_name)
+    td = case.td((3,))
+    single = case.target
+
+    def two(out):
+        t = single(out)
+        return TensorDict({"a": t, "b": t * t}, batch_size=out.batch_size)
+
+    separate = {}
+    for name, fn in (("a", single), ("b", lambda out: single(out) ** 2)):
+        method.options.target = fn
+        separate[name] = _products(case, td, method)
+    for batched in (False, True):
+        method.options.target, method.options.batched = two, batched
+        maps = _products(case, td, method)
+        for name in ("a", "b"):
+            for k in _map_keys(case, row):
+                torch.testing.assert_close(maps[name, k], separate[name][k], rtol=1e-10, atol=1e-12)
