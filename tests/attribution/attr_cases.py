@@ -31,6 +31,7 @@ class Case:
     extra: Callable[[TensorDict], tuple] = lambda td: ()  # additional forward args for captum
     relu: bool = False  # has nn.ReLU modules (guided backprop, LRP)
     conv: str | None = None  # conv layer path (Grad-CAM)
+    layer: str | None = None  # a hidden module path (attribution patching)
     in_keys: list | None = None
     out_keys: list | None = None
     fixed: dict = field(default_factory=dict)  # non-attributed entries: key -> fn(batch) -> tensor
@@ -51,13 +52,23 @@ class Case:
 def _mlp() -> Case:
     torch.manual_seed(1)
     m = MLP().to(DT)
-    return Case("mlp", m, {"input": (16,)}, lambda o: o["output"][..., 1], m, 1, relu=True)
+    return Case("mlp", m, {"input": (16,)}, lambda o: o["output"][..., 1], m, 1, relu=True, layer="layers.1")
 
 
 def _cnn() -> Case:
     torch.manual_seed(2)
     m = CNN().to(DT)
-    return Case("cnn", m, {"input": (3, 8, 8)}, lambda o: o["output"][..., 2], m, 2, relu=True, conv="conv2")
+    return Case(
+        "cnn",
+        m,
+        {"input": (3, 8, 8)},
+        lambda o: o["output"][..., 2],
+        m,
+        2,
+        relu=True,
+        conv="conv2",
+        layer="conv2",
+    )
 
 
 def _td2() -> Case:
@@ -70,6 +81,7 @@ def _td2() -> Case:
         lambda o: o["logits"][..., 1],
         lambda obs, goal: m.module(obs, goal)[0],
         1,
+        layer="obs_net",
     )
 
 
@@ -109,6 +121,7 @@ def _actor() -> Case:
         None,
         extra=lambda td: (td["action"].reshape(-1, 2),),
         fixed={"action": lambda batch, gen: torch.rand(*batch, 2, generator=gen, dtype=DT) * 1.6 - 0.8},
+        layer="0",
     )
 
 
