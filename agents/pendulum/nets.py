@@ -5,13 +5,14 @@ Separate networks (what the checkpoint holds):
 - actor: ``ProbabilisticActor`` reading ``"observation"`` ``[*B, 9]``, writing ``"loc"``, ``"scale"``,
   ``"action"`` (each ``[*B, 1]``) and ``"action_log_prob"`` ``[*B]``; TanhNormal on ``[-1, 1]``.
   Its MLP is ``actor.module[0].module`` with submodules ``fc0, act0, ..., fc{d-1}, act{d-1}, out, split``;
-  as paths from the actor: ``"module.0.module.act2"`` etc.
+  as paths from the actor: ``"module.0.module.act1"`` etc.
 - critic: ``ValueOperator`` writing ``"state_value"`` ``[*B, 1]``; its MLP is ``critic.module`` with
-  submodules ``fc0, act0, ..., out`` (paths ``"module.act2"``).
+  submodules ``fc0, act0, ..., out, rescale`` (paths ``"module.act1"``); ``rescale`` multiplies by the fixed
+  ``config["value_scale"]``.
 
 Shared-trunk variant: :func:`make_shared_actor_critic`, one ``TensorDictModule`` around
 :class:`SharedActorCritic` (submodules ``trunk.fc0 ... trunk.act{d-1}``, ``policy_head``, ``split``,
-``value_head``) writing ``"loc"``, ``"scale"`` and ``"state_value"`` in one call.
+``value_head``, ``rescale``) writing ``"loc"``, ``"scale"`` and ``"state_value"`` in one call.
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 
 CHECKPOINT = Path(__file__).with_name("checkpoint.pt")
 FORMAT = "rlhook-pendulum-ppo-v1"
-DEFAULT_CONFIG: dict[str, Any] = {"obs_dim": 9, "action_dim": 1, "num_cells": 128, "depth": 3}
+# value_scale: the critic's last Linear is followed by a fixed multiplication (a buffer, not trained). Returns
+# here reach ~900 while tanh features are bounded by 1; without it the value head needs thousands of Adam
+# steps just to grow its output weights, and PPO learns several times more slowly (measured on this env).
+DEFAULT_CONFIG: dict[str, Any] = {
+    "obs_dim": 9,
+    "action_dim": 1,
+    "num_cells": 256,
+    "depth": 2,
+    "value_scale": 100.0,
+}
 
 
 def _config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -53,11 +63,23 @@ def make_actor_net(config: dict[str, Any] | None = None) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
+class Rescale(nn.Module):
+    """Multiplies its input by a fixed factor (stored as a buffer)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
 def make_critic_net(config: dict[str, Any] | None = None) -> nn.Sequential:
-    """MLP ``[*B, obs_dim] -> [*B, 1]``."""
+    """MLP ``[*B, obs_dim] -> [*B, 1]``: ``fc0, act0, ..., out, rescale``."""
     c = _config(config)
     layers = mlp_layers(c["obs_dim"], c["num_cells"], c["depth"])
     layers["out"] = nn.Linear(c["num_cells"], 1)
+    layers["rescale"] = Rescale(c["value_scale"])
     return nn.Sequential(layers)
 
 
@@ -99,11 +121,12 @@ class SharedActorCritic(nn.Module):
         self.policy_head = nn.Linear(c["num_cells"], 2 * c["action_dim"])
         self.split = NormalParamExtractor()
         self.value_head = nn.Linear(c["num_cells"], 1)
+        self.rescale = Rescale(c["value_scale"])
 
     def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hidden = self.trunk(observation)
         loc, scale = self.split(self.policy_head(hidden))
-        return loc, scale, self.value_head(hidden)
+        return loc, scale, self.rescale(self.value_head(hidden))
 
 
 def make_shared_actor_critic(config: dict[str, Any] | None = None) -> TensorDictModule:

@@ -136,7 +136,10 @@ def train(
             sched.step()
             collector.update_policy_weights_()
 
-            postfix = {"train_r": f"{batch['next', 'reward'].mean().item():.2f}"}
+            postfix = {
+                "r/step": f"{batch['next', 'reward'].mean().item():.2f}",
+                "max_len": int(batch["next", "step_count"].max()),
+            }
             if (i + 1) % eval_every == 0 or done_frames >= frames:
                 actor.eval()
                 rets = evaluate(actor, eval_env, must_beat=best["eval_mean_return"])
