@@ -176,7 +176,9 @@ def test_wrong_baseline_shape_names_both_shapes() -> None:
 def test_missing_input_key_lists_the_keys() -> None:
     m, td = _mlp()
     with Saliency("output", inputs=["obs"]).prepare(m) as hooked:
-        with pytest.raises(MissingKeyError, match=r"'obs'.*input"):
+        with pytest.raises(
+            MissingKeyError, match=r"'obs' is not in the TensorDict; its keys are \[.*'input'"
+        ):
             hooked(td)
 
 
