@@ -5,8 +5,9 @@
 from MuJoCo's state and never seen by the policy:
 
 - ``("physics", name)`` for ``name`` in :data:`PHYSICS_NAMES`, float32, shape ``[*batch]``;
-- ``("reward_terms", name)`` for ``name`` in :data:`REWARD_TERMS`, float32, shape ``[*batch, 1]``; the
-  three terms sum to ``"reward"`` (zeros after a reset).
+- ``("reward_terms", name)`` for ``name`` in :data:`REWARD_TERMS`, float32, shape ``[*batch, 1]``, signed
+  as gymnasium reports them (survive >= 0, the two penalties <= 0); they sum to ``"reward"`` (zeros after a
+  reset).
 
 Observation layout (9 features, :data:`OBS_NAMES`): cart position, sin/cos of the two hinge angles (``q1``:
 cart to first pole, ``q2``: first to second pole, relative), cart velocity and the two angular velocities
@@ -56,8 +57,11 @@ OBS_NAMES: tuple[str, ...] = (
 )
 PHYSICS_NAMES: tuple[str, ...] = ("tip_x", "tip_y", "cart_x", "q1", "q2", "cart_v", "w1", "w2")
 REWARD_TERMS: tuple[str, ...] = ("survive", "distance_penalty", "velocity_penalty")
-_INFO_NAMES = {"survive": "reward_survive", "distance_penalty": "distance_penalty"}
-_INFO_NAMES["velocity_penalty"] = "velocity_penalty"
+_INFO_NAMES = {
+    "survive": "reward_survive",
+    "distance_penalty": "distance_penalty",
+    "velocity_penalty": "velocity_penalty",
+}
 
 
 class PhysicsReader(BaseInfoDictReader):
