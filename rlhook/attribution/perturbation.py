@@ -64,8 +64,8 @@ class PerturbationSaliency(PerturbationMethod):
     dims. Each input is perturbed on its own. Rows (grid points x examples) run ``chunk_size`` at a time.
 
     Defaults suit images (``spatial_dims``: the last two dims of one example, ``sigma=5``, ``stride=5``,
-    blur, as in the paper); for a vector observation pass ``spatial_dims=(0,)`` (or leave the default: an
-    example with one dim), ``sigma=0``, ``stride=1`` and ``mode="noise"`` or ``"baseline"``.
+    blur, as in the paper); an example with one dim (a vector observation) defaults to ``sigma=0``,
+    ``stride=1`` and ``mode="baseline"``: each feature replaced by its baseline in turn.
 
     Reads the attributed inputs (and ``("baseline", k)``); writes ``("attr", k)`` (or ``("attr", name, k)``),
     same shape as ``k``.
@@ -75,7 +75,7 @@ class PerturbationSaliency(PerturbationMethod):
         self,
         target: Target | None = None,
         *,
-        mode: Mode = "blur",
+        mode: Mode | None = None,
         sigma: float | None = None,
         stride: int | None = None,
         blur_sigma: float = 3.0,
@@ -85,15 +85,15 @@ class PerturbationSaliency(PerturbationMethod):
         **options: object,
     ) -> None:
         super().__init__(target, **options)
-        if mode not in ("blur", "noise", "baseline"):
+        if mode not in (None, "blur", "noise", "baseline"):
             raise ValueError(f"mode must be 'blur', 'noise' or 'baseline', got {mode!r}")
         if stride is not None and stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.mode, self.sigma, self.stride, self.blur_sigma = mode, sigma, stride, blur_sigma
         self.noise_std, self.spatial_dims, self.seed = noise_std, spatial_dims, seed
 
-    def _layout(self, x: torch.Tensor) -> tuple[tuple[int, ...], float, int]:
-        """``(spatial dims of the flat tensor, sigma, stride)`` for input ``x`` of shape ``(B, *example)``."""
+    def _layout(self, x: torch.Tensor) -> tuple[tuple[int, ...], float, int, str]:
+        """``(spatial dims of the flat tensor, sigma, stride, mode)`` for input ``x`` of shape ``(B, *example)``."""
         n = x.dim() - 1
         if self.spatial_dims is not None:
             dims = tuple(sorted({1 + (d % n) for d in self.spatial_dims}))
@@ -102,21 +102,21 @@ class PerturbationSaliency(PerturbationMethod):
         image = len(dims) >= 2
         sigma = self.sigma if self.sigma is not None else (5.0 if image else 0.0)
         stride = self.stride if self.stride is not None else (5 if image else 1)
-        return dims, sigma, stride
+        return dims, sigma, stride, self.mode or ("blur" if image else "baseline")
 
     def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         xs = {k: flat.get(k) for k in keys}
-        base = baselines(flat, keys) if self.mode == "baseline" else {}
+        base = baselines(flat, keys)
         gen = torch.Generator().manual_seed(self.seed)
         plans, offsets, total = {}, {}, 0
         for k, x in xs.items():
-            dims, sigma, stride = self._layout(x)
+            dims, sigma, stride, mode = self._layout(x)
             sizes = [x.shape[d] for d in dims]
             grid = [torch.arange(0, s, stride, device=x.device) for s in sizes]
             centres = torch.cartesian_prod(*grid).reshape(-1, len(dims)) if grid else None
-            if self.mode == "blur":
+            if mode == "blur":
                 alt = gaussian_blur(x, dims, self.blur_sigma)
-            elif self.mode == "noise":
+            elif mode == "noise":
                 alt = x + (torch.randn(x.shape, generator=gen, dtype=x.dtype) * self.noise_std).to(x.device)
             else:
                 alt = base[k]
@@ -167,9 +167,12 @@ class PerturbationSaliency(PerturbationMethod):
                 part = s[offsets[k] : offsets[k] + centres.shape[0]].t().reshape(x.shape[0], 1, *counts)
                 sizes = [x.shape[d] for d in dims]
                 if counts != sizes:
-                    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(dims), "nearest")
+                    interp = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(dims), "nearest")
                     part = F.interpolate(
-                        part, size=sizes, mode=mode, **({} if mode == "nearest" else {"align_corners": False})
+                        part,
+                        size=sizes,
+                        mode=interp,
+                        **({} if interp == "nearest" else {"align_corners": False}),
                     )
                 part = part.squeeze(1)  # (B, *spatial)
                 view = [x.shape[0]] + [1] * (x.dim() - 1)

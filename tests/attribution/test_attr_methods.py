@@ -190,7 +190,7 @@ def test_perturbation_saliency_on_vector_observations() -> None:
     m = two_input_td_module().to(DT)
     torch.manual_seed(6)
     td = TensorDict({"obs": torch.randn(3, 6, dtype=DT), "goal": torch.randn(3, 3, dtype=DT)}, [3])
-    got = _run(PerturbationSaliency("state_value", mode="baseline"), m, td)
+    got = _run(PerturbationSaliency("state_value"), m, td)  # vectors: each feature to its baseline
     ref = _run(FeatureAblation("state_value"), m, td)
     for k in ("obs", "goal"):
         torch.testing.assert_close(got["attr", k], 0.5 * ref["attr", k] ** 2, rtol=1e-12, atol=1e-15)
