@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
@@ -34,6 +35,10 @@ class GradCAM(GradientMethod):
         spatial_dims: dims pooled to get the channel weights (default: all but batch and channel dims).
         pooling: ``"mean"`` (Grad-CAM), ``"sum"``, ``"max"``, or ``fn(grads, dims) -> pooled`` (keepdim).
         relu: apply the final ReLU (Grad-CAM does; captum's ``relu_attributions`` defaults to False).
+        upsample_to: an input key (channels-first, ``batch + (C, *spatial)``): also write the map of the
+            first layer interpolated to that input's spatial size and repeated over its channels at
+            ``("attr", key)`` (the same shape as the input), for overlays on observations.
+        interpolate: the ``F.interpolate`` mode used by ``upsample_to``.
     """
 
     def __init__(
@@ -44,6 +49,8 @@ class GradCAM(GradientMethod):
         spatial_dims: Sequence[int] | None = None,
         pooling: Pooling = "mean",
         relu: bool = True,
+        upsample_to: NestedKey | None = None,
+        interpolate: str = "bilinear",
         **options: object,
     ) -> None:
         super().__init__(target, **options)
@@ -51,12 +58,8 @@ class GradCAM(GradientMethod):
             raise ValueError("GradCAM needs layers=... (the conv-like module(s) whose maps are weighted)")
         if not callable(pooling) and pooling not in ("mean", "sum", "max"):
             raise ValueError(f"pooling must be 'mean', 'sum', 'max' or a callable, got {pooling!r}")
-        self.channel_dim, self.spatial_dims, self.pooling, self.relu = (
-            channel_dim,
-            spatial_dims,
-            pooling,
-            relu,
-        )
+        self.channel_dim, self.spatial_dims, self.pooling = channel_dim, spatial_dims, pooling
+        self.relu, self.upsample_to, self.interpolate = relu, upsample_to, interpolate
 
     def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         o = self.options
@@ -77,7 +80,22 @@ class GradCAM(GradientMethod):
         for t, maps in grads.items():
             for name, _ in self._layers:
                 result.setdefault(t, {})[name] = self._cam(name, maps[name], acts[name])
+            if self.upsample_to is not None:
+                result[t][self.upsample_to] = self._upsample(result[t][self._layers[0][0]], flat)
         return result
+
+    def _upsample(self, cam: torch.Tensor, flat: TensorDictBase) -> torch.Tensor:
+        x = flat.get(self.upsample_to)
+        c = self.channel_dim % cam.dim()
+        cam = cam.movedim(c, 1)  # (B, 1, *spatial)
+        if cam.dim() != x.dim():
+            raise ValueError(
+                f"cannot upsample a Grad-CAM map of shape {tuple(cam.shape)} to input {self.upsample_to!r} of shape "
+                f"{tuple(x.shape)}: they need the same number of spatial dims"
+            )
+        align = {} if self.interpolate in ("nearest", "area", "nearest-exact") else {"align_corners": False}
+        up = F.interpolate(cam, size=tuple(x.shape[2:]), mode=self.interpolate, **align)
+        return up.expand(x.shape)
 
     def _cam(self, name: str, grad: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         nd = act.dim()

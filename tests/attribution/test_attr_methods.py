@@ -260,6 +260,12 @@ def test_gradcam_channel_dims_and_pooling() -> None:
     torch.testing.assert_close(total, mean * 64)
     with pytest.raises(ValueError, match="needs layers"):
         GradCAM(t)
+    # upsampled to the observation for overlays: captum's LayerAttribution.interpolate
+    out = _run(GradCAM(t, layers="pool", upsample_to="input"), cnn, td)
+    ref = ca.LayerGradCam(cnn, cnn.pool).attribute(td["input"], target=0, relu_attributions=True)
+    torch.testing.assert_close(out["attr", "pool"], ref)
+    up = ca.LayerAttribution.interpolate(ref, (8, 8), interpolate_mode="bilinear")
+    torch.testing.assert_close(out["attr", "input"], up.expand(2, 3, 8, 8))
 
 
 def test_guided_backprop_needs_relu_modules_and_restores_inplace() -> None:
