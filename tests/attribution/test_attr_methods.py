@@ -283,3 +283,17 @@ def test_guided_backprop_needs_relu_modules_and_restores_inplace() -> None:
     torch.testing.assert_close(got, ref)
     assert all(mod.inplace for mod in m.modules() if isinstance(mod, nn.ReLU))
     assert rlhook.hook_count(m) == 0
+
+
+def test_feature_ids_shared_across_inputs_are_ablated_together() -> None:
+    m = two_input_td_module().to(DT)
+    torch.manual_seed(9)
+    td = TensorDict({"obs": torch.randn(3, 6, dtype=DT), "goal": torch.randn(3, 3, dtype=DT)}, [3])
+    masks = {"obs": torch.tensor([0, 0, 1, 1, 2, 2]), "goal": torch.tensor([2, 1, 0])}
+    got = _run(FeatureAblation(lambda o: o["logits"][..., 1], feature_mask=masks, chunk_size=4), m, td)
+    f = lambda obs, goal: m.module(obs, goal)[0]  # noqa: E731
+    ref = ca.FeatureAblation(f).attribute(
+        (td["obs"], td["goal"]), target=1, feature_mask=(masks["obs"][None], masks["goal"][None])
+    )
+    torch.testing.assert_close(got["attr", "obs"], ref[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got["attr", "goal"], ref[1], rtol=1e-12, atol=1e-14)
