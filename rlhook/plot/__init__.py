@@ -1,6 +1,7 @@
 """Plots saved as PNG (matplotlib, the ``plot`` extra): heatmaps, curves, board diagrams."""
 
+from rlhook.plot.board import board_grid, board_heatmap
 from rlhook.plot.curves import probe_curves
 from rlhook.plot.heatmap import heatmap, image_grid
 
-__all__ = ["heatmap", "image_grid", "probe_curves"]
+__all__ = ["board_grid", "board_heatmap", "heatmap", "image_grid", "probe_curves"]
