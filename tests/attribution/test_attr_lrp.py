@@ -44,7 +44,7 @@ def _stab(z: torch.Tensor) -> torch.Tensor:
 def _affine(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W, b)`` of an affine layer at one example ``x``: W = Jacobian (out, in), b = f(0)."""
     f = lambda v: layer(v.reshape(1, *x.shape)).reshape(-1)  # noqa: E731
-    W = torch.autograd.functional.jacobian(f, x.reshape(-1))
+    W = torch.autograd.functional.jacobian(f, x.reshape(-1), vectorize=True)
     return W.detach(), f(torch.zeros_like(x).reshape(-1)).detach()
 
 

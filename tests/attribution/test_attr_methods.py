@@ -169,18 +169,22 @@ def test_perturbation_saliency_matches_an_explicit_loop() -> None:
     blurred = _blur(x, 1.0)
     clean = m(x).detach()
     yy, xx = torch.meshgrid(torch.arange(8, dtype=DT), torch.arange(8, dtype=DT), indexing="ij")
-    for i in range(8):
-        for j in range(8):
-            mask = torch.exp(-((yy - i) ** 2 + (xx - j) ** 2) / (2 * 1.5**2))
-            pert = m(x * (1 - mask) + blurred * mask).detach()
-            s_pol = 0.5 * ((clean[:, :4] - pert[:, :4]) ** 2).sum(-1)
-            s_val = 0.5 * (clean[:, 4] - pert[:, 4]) ** 2
-            torch.testing.assert_close(
-                got["attr", "policy", "input"][:, 0, i, j], s_pol, rtol=1e-9, atol=1e-14
-            )
-            torch.testing.assert_close(
-                got["attr", "value", "input"][:, 1, i, j], s_val, rtol=1e-9, atol=1e-14
-            )
+    centres = [(i, j) for i in range(8) for j in range(8)]
+    masks = torch.stack([torch.exp(-((yy - i) ** 2 + (xx - j) ** 2) / (2 * 1.5**2)) for i, j in centres])
+    pert = m(
+        (x[:, None] * (1 - masks[None, :, None]) + blurred[:, None] * masks[None, :, None]).reshape(
+            -1, 3, 8, 8
+        )
+    )
+    pert = pert.detach().reshape(2, 64, 5)
+    s_pol = 0.5 * ((clean[:, None, :4] - pert[..., :4]) ** 2).sum(-1)  # (2, 64)
+    s_val = 0.5 * (clean[:, None, 4] - pert[..., 4]) ** 2
+    torch.testing.assert_close(
+        got["attr", "policy", "input"][:, 0].reshape(2, 64), s_pol, rtol=1e-9, atol=1e-14
+    )
+    torch.testing.assert_close(
+        got["attr", "value", "input"][:, 1].reshape(2, 64), s_val, rtol=1e-9, atol=1e-14
+    )
     # a coarse grid is upsampled to the image size
     coarse = _run(PerturbationSaliency(both, stride=4), m, TensorDict({"input": x}, [2]))
     assert coarse["attr", "policy", "input"].shape == (2, 3, 8, 8)
