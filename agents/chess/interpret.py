@@ -1,0 +1,667 @@
+"""Interpreting the Leela-style chess net with rlhook: attributions on the board, concept probes, causal checks.
+
+Everything goes through rlhook's methods (``Saliency``, ``IntegratedGradients``, ``LRP``, ``ActivationCaching``,
+``Probing``, ``ActivationPatching``, ``HookedModule.run``); this module only prepares chess data and maps results
+back to the board.
+
+- :func:`concept_positions`: positions from :func:`~agents.chess.positions.play_positions` as a TensorDict with
+  planes, the teacher's labels and concepts, per-square "their piece hangs" maps, and the FENs.
+- :func:`explain`: saliency / integrated gradients / LRP of the best legal move's logit and of each of W, D, L,
+  summed over planes and per piece plane, un-mirrored to white's view (``(8, 8)`` ``[rank, file]``), and
+  :func:`draw_explanation` to draw them with the move arrow (:mod:`rlhook.plot.board`).
+- :func:`layer_activations` and :func:`probe_concepts`: linear probes of each concept on ``inputconv``,
+  ``block0..5`` with controls: the same architecture at random init, the raw input planes, shuffled labels.
+- :func:`hanging_pairs` / :func:`patch_hanging`: a position where their piece hangs and the same position with
+  a defender added; patching each block's activations from the hanging into the defended run and back moves
+  the capture move's logit. :func:`ablate_direction` projects a probe direction out of a block.
+
+Coordinates: planes are from the side to move's view (row r of a plane is board rank r for white to move,
+rank 7 - r for black); :func:`to_board_view` flips black's maps back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import nn
+
+from agents.chess.net import LeelaNet, load_checkpoint
+from agents.chess.positions import play_positions
+from agents.chess.teacher import PIECE_VALUES
+from envs.chess.moves import POLICY_INDEX, legal_move_mask, require_chess
+from envs.chess.planes import board_to_planes
+from rlhook import HookedModule
+from rlhook.attribution import LRP, IntegratedGradients, Saliency
+from rlhook.latent import ActivationCaching, ActivationPatching, Probing, balanced_accuracy
+from rlhook.targets import WDL
+
+if TYPE_CHECKING:  # pragma: no cover
+    import chess
+
+__all__ = [
+    "CHECKPOINTS",
+    "LAYERS",
+    "CONCEPTS",
+    "PIECE_NAMES",
+    "concept_positions",
+    "to_board_view",
+    "load_net",
+    "random_net",
+    "best_moves",
+    "explain",
+    "draw_explanation",
+    "layer_activations",
+    "probe_concepts",
+    "ProbeResult",
+    "hanging_pairs",
+    "patch_hanging",
+    "ablate_direction",
+]
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+LAYERS = ("inputconv", *(f"block{i}" for i in range(6)))
+#: name -> task; binary concepts are "> 0" of the teacher's label (hanging values, check, mate)
+CONCEPTS = {
+    "material": "regression",
+    "mobility": "regression",
+    "their_hanging": "classification",
+    "own_hanging": "classification",
+    "in_check": "classification",
+    "mate_in_one": "classification",
+}
+PIECE_NAMES = ("P", "N", "B", "R", "Q", "K")
+#: planes of the current position (our P..K, their P..K) and the auxiliary planes: the raw-input control
+CURRENT_PLANES = list(range(12))
+PIECE_PLANES = 104  # planes 0..103 hold pieces (8 history steps x 13); 104..111 castling, side, rule 50, ones
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+def _square_view(square: int, black: bool) -> tuple[int, int]:
+    """``(row, col)`` of a board square (a1 = 0) in the side-to-move planes."""
+    rank, file = divmod(square, 8)
+    return (7 - rank if black else rank), file
+
+
+def hanging_squares(board: chess.Board) -> np.ndarray:
+    """``(8, 8)`` plane-view map: 1 where the opponent's non-king piece is attacked by the side to move and
+    not defended (the per-square version of the teacher's ``their_hanging``)."""
+    out = np.zeros((8, 8), dtype=np.int64)
+    us = board.turn
+    for square, piece in board.piece_map().items():
+        if piece.color == us or piece.piece_type == 6:
+            continue
+        if board.is_attacked_by(us, square) and not board.is_attacked_by(not us, square):
+            out[_square_view(square, not us)] = 1
+    return out
+
+
+def concept_positions(n: int, seed: int, **options: Any) -> tuple[TensorDict, list[str]]:
+    """``n`` positions from ``play_positions(n, seed, **options)`` and their FENs.
+
+    The TensorDict (batch ``[n]``) holds ``"board"`` (n, 112, 8, 8) planes, ``"move"`` the teacher's policy
+    index, ``"legal"`` (n, 1858) bool, ``"wdl"`` class, ``"black"`` (side to move), ``("concept", name)`` for
+    ``material``, ``mobility`` (floats) and ``their_hanging``, ``own_hanging``, ``in_check``, ``mate_in_one``
+    (0/1), ``("value", "their_hanging")`` (the hanging value 0..9) and ``("square", "their_hanging")``
+    (n, 8, 8) plane-view 0/1 maps.
+    """
+    planes, fens, rows = [], [], {k: [] for k in (*CONCEPTS, "move", "wdl", "black", "hang_value")}
+    legal, squares = [], []
+    for board, lab in play_positions(n, seed, **options):
+        planes.append(board_to_planes(board))
+        legal.append(legal_move_mask(board))
+        squares.append(hanging_squares(board))
+        fens.append(board.fen())
+        rows["move"].append(lab.move_index)
+        rows["wdl"].append(lab.wdl)
+        rows["black"].append(not board.turn)
+        rows["hang_value"].append(lab.their_hanging)
+        for name, task in CONCEPTS.items():
+            v = getattr(lab, name)
+            rows[name].append(float(v) if task == "regression" else int(v > 0))
+    td = TensorDict(
+        {
+            "board": torch.stack(planes),
+            "legal": torch.stack(legal),
+            "move": torch.tensor(rows["move"]),
+            "wdl": torch.tensor(rows["wdl"]),
+            "black": torch.tensor(rows["black"]),
+            "concept": {k: torch.tensor(rows[k]) for k in CONCEPTS},
+            "value": {"their_hanging": torch.tensor(rows["hang_value"])},
+            "square": {"their_hanging": torch.from_numpy(np.stack(squares))},
+        },
+        batch_size=[len(planes)],
+    )
+    return td, fens
+
+
+def to_board_view(maps: torch.Tensor, black: bool | torch.Tensor) -> torch.Tensor:
+    """Plane-view maps ``(..., 8, 8)`` -> white's view (rows flipped where ``black``); batch-aware for a
+    ``(B,)`` bool ``black`` when ``maps`` is ``(B, ..., 8, 8)``."""
+    if isinstance(black, bool):
+        return maps.flip(-2) if black else maps
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    return torch.where(black.reshape(shape), maps.flip(-2), maps)
+
+
+# -- nets ----------------------------------------------------------------------------------------------------------
+def load_net(name: str = "final") -> LeelaNet:
+    """A shipped checkpoint by short name (``"step450"``, ``"step900"``, ``"step1350"``, ``"final"``), eval mode."""
+    return load_checkpoint(CHECKPOINTS / f"leela_6x32_{name}.pt")
+
+
+def random_net(seed: int = 0) -> LeelaNet:
+    """The same architecture at random init (eval mode, fresh batch-norm statistics): the untrained control."""
+    torch.manual_seed(seed)
+    return LeelaNet().eval()
+
+
+def best_moves(net: nn.Module, td: TensorDictBase) -> torch.Tensor:
+    """``(N,)`` policy index of the net's best *legal* move (reads ``"board"``, ``"legal"``)."""
+    with torch.no_grad():
+        out = net(td.select("board").clone())
+    return out["policy"].masked_fill(~td["legal"], float("-inf")).argmax(-1)
+
+
+# -- attributions --------------------------------------------------------------------------------------------------
+class _Targets:
+    """``{"move": logit of the move at "best_move", "value": P(W) - P(L), "W", "D", "L": probabilities}``."""
+
+    def __call__(self, out: TensorDictBase) -> TensorDict:
+        logit = out["policy"].gather(-1, out["best_move"].long()[..., None]).squeeze(-1)
+        wdl = WDL(("W", "D", "L", "score"))(out)
+        return TensorDict(
+            {"move": logit, "value": wdl["score"], **{k: wdl[k] for k in "WDL"}}, batch_size=out.batch_size
+        )
+
+
+TARGETS = ("move", "value", "W", "D", "L")
+
+
+def _baseline(board: torch.Tensor) -> torch.Tensor:
+    """Zero the piece planes (0..103), keep castling, side to move, rule 50 and the all-ones plane."""
+    base = board.clone()
+    base[:, :PIECE_PLANES] = 0
+    return base
+
+
+def explain(
+    net: nn.Module,
+    td: TensorDictBase,
+    methods: Sequence[str] = ("saliency", "ig", "lrp"),
+    *,
+    ig_steps: int = 32,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Attributions of the best legal move's logit, the value P(W) - P(L) and P(W), P(D), P(L) onto the board.
+
+    Reads ``"board"``, ``"legal"``, ``"black"``. Returns ``{method: {target: maps}}`` where, per target in
+    ``("move", "value", "W", "D", "L")``, ``maps[target]`` is ``(N, 8, 8)`` (summed over all 112 planes) and
+    ``maps[target + "/pieces"]`` is ``(N, 12, 8, 8)`` (current-position piece planes: ours P..K then theirs),
+    both in white's view ``[rank, file]``. Saliency is ``|gradient|``; IG runs from a baseline with the piece
+    planes zeroed (``("baseline", "board")``); LRP is LRP-epsilon with batch norms merged into the convs.
+    """
+    from rlhook.attribution import MergeBatchNorm
+
+    x = td.select("board", "legal", "black").clone()
+    x["best_move"] = best_moves(net, x)
+    x["baseline", "board"] = _baseline(x["board"])
+    factories = {
+        "saliency": lambda: Saliency(_Targets(), inputs=["board"]),
+        "ig": lambda: IntegratedGradients(_Targets(), inputs=["board"], n_steps=ig_steps, delta=False),
+        "lrp": lambda: LRP(_Targets(), inputs=["board"], canonizers=[MergeBatchNorm(_bn_pairs(net))]),
+    }
+    result: dict[str, dict[str, torch.Tensor]] = {}
+    for method in methods:
+        with factories[method]().prepare(net) as hooked:
+            out = hooked(x.clone())
+        maps: dict[str, torch.Tensor] = {}
+        for t in TARGETS:
+            a = out["attr", t, "board"]
+            maps[t] = to_board_view(a.sum(1), x["black"])
+            maps[t + "/pieces"] = to_board_view(a[:, CURRENT_PLANES], x["black"])
+        result[method] = maps
+    result["best_move"] = {"index": x["best_move"]}
+    return result
+
+
+def _bn_pairs(net: nn.Module) -> list[tuple[str, str]]:
+    """(conv path, batch-norm path) of every ConvBN of the net, for ``MergeBatchNorm``."""
+    return [
+        (f"{name}.conv", f"{name}.bn")
+        for name, mod in net.named_modules()
+        if hasattr(mod, "conv") and hasattr(mod, "bn")
+    ]
+
+
+def move_uci_white_view(index: int, black: bool) -> str:
+    """The UCI string of policy index ``index`` in board coordinates (the index is in the mover's view)."""
+    uci = POLICY_INDEX[index]
+    if not black:
+        return uci
+    flip = lambda s: s[0] + str(9 - int(s[1]))  # noqa: E731
+    return flip(uci[:2]) + flip(uci[2:4]) + uci[4:]
+
+
+def draw_explanation(
+    maps: dict[str, dict[str, torch.Tensor]],
+    i: int,
+    fen: str,
+    out: Path,
+    *,
+    prefix: str = "position",
+) -> list[Path]:
+    """PNGs for example ``i`` of :func:`explain`'s result: one grid per method (move, W, D, L; summed over
+    planes) and one per-piece-plane grid per method for the move target. Returns the paths written."""
+    from rlhook.plot import board_grid
+
+    black = fen.split()[1] == "b"
+    arrow = move_uci_white_view(int(maps["best_move"]["index"][i]), black)
+    side = ("black", "white") if black else ("white", "black")
+    plane_titles = [f"{side[0]} {p}" for p in PIECE_NAMES] + [f"{side[1]} {p.lower()}" for p in PIECE_NAMES]
+    paths = []
+    for method, m in maps.items():
+        if method == "best_move":
+            continue
+        grid = torch.stack([m[t][i] for t in TARGETS])
+        titles = [f"{method}: best move {arrow}", f"{method}: value W-L"] + [
+            f"{method}: P({w})" for w in ("win", "draw", "loss")
+        ]
+        paths.append(
+            board_grid(
+                grid,
+                out / f"{prefix}_{method}.png",
+                titles=titles,
+                pieces=fen,
+                arrows=arrow,
+                shared_scale=False,
+                diverging=method != "saliency",
+                suptitle=f"{fen}  ({'black' if black else 'white'} to move)",
+            )
+        )
+        paths.append(
+            board_grid(
+                m["move/pieces"][i],
+                out / f"{prefix}_{method}_pieces.png",
+                titles=plane_titles,
+                pieces=fen,
+                arrows=arrow,
+                ncols=6,
+                diverging=method != "saliency",
+                suptitle=f"{method} of the best move's logit ({arrow}) per piece plane",
+            )
+        )
+    return paths
+
+
+# -- probes --------------------------------------------------------------------------------------------------------
+class RawPlanes(nn.Module):
+    """``planes``: the current position's 12 piece planes + the 8 auxiliary planes, (N, 20, 8, 8): the
+    raw-input control of the probes (history planes left out: they repeat the current position)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.planes = nn.Identity()
+
+    def forward(self, board: torch.Tensor) -> torch.Tensor:
+        return self.planes(torch.cat([board[:, :12], board[:, PIECE_PLANES:]], 1))
+
+
+def layer_activations(
+    net: nn.Module, td: TensorDictBase, paths: Sequence[str] = LAYERS, *, chunk: int = 1024
+) -> dict[str, torch.Tensor]:
+    """``{path: (N, C, 8, 8)}`` activations over ``td["board"]`` via ``ActivationCaching`` (in chunks)."""
+    parts: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    in_keys = ["board"] if isinstance(net, LeelaNet) else None
+    with ActivationCaching(list(paths)).prepare(net, in_keys=in_keys) as hooked, torch.no_grad():
+        for s in range(0, len(td), chunk):
+            out = hooked(td[s : s + chunk].select("board").clone())
+            for p in paths:
+                parts[p].append(out["cache", p])
+    return {p: torch.cat(v) for p, v in parts.items()}
+
+
+@dataclass
+class ProbeResult:
+    """Scores of one concept: ``scores[model][layer]`` (test R^2 or balanced accuracy) and the shuffled-label
+    control ``control[model][layer]``; ``probes[model][layer]`` keeps the fitted probe (on standardised
+    features: ``stats[model][layer] = (mean, std)``)."""
+
+    concept: str
+    metric: str
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    control: dict[str, dict[str, float]] = field(default_factory=dict)
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stats: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+
+
+def _standardise(acts: dict[str, torch.Tensor], n_train: int, features: str) -> dict[str, Any]:
+    out = {}
+    for name, a in acts.items():
+        x = a.flatten(1) if features == "flat" else torch.cat([a.amax((2, 3)), a.mean((2, 3))], 1)
+        mu, sd = x[:n_train].mean(0), x[:n_train].std(0) + 1e-3
+        out[name] = ((x - mu) / sd, (mu, sd))
+    return out
+
+
+def _balanced_rows(y: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Row indices with as many rows of each class (the larger class subsampled at random, seeded)."""
+    pos, neg = torch.nonzero(y == 1).flatten(), torch.nonzero(y == 0).flatten()
+    if len(pos) == 0 or len(neg) == 0:
+        return torch.arange(len(y))
+    small, big = (pos, neg) if len(pos) < len(neg) else (neg, pos)
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([small, big[torch.randperm(len(big), generator=g)[: len(small)]]]).sort().values
+
+
+def probe_concepts(
+    activations: dict[str, dict[str, torch.Tensor]],
+    labels: dict[str, torch.Tensor],
+    n_train: int,
+    *,
+    concepts: Sequence[str] | None = None,
+    alpha: float = 100.0,
+    C: float = 0.01,
+    features: str = "flat",
+    control: bool = True,
+) -> dict[str, ProbeResult]:
+    """Fit and score linear probes of each concept on each model's layer activations with ``Probing``.
+
+    ``activations[model][layer]``: ``(N, C, 8, 8)``; the first ``n_train`` rows train, the rest test.
+    ``labels[concept]``: ``(N,)``. Regression concepts use ``RidgeProbe(alpha)`` (test R^2), binary ones a
+    ``LogisticProbe(C)`` fitted on a class-balanced subsample (test balanced accuracy). Features are the
+    standardised flattened activation (``features="flat"``) or per-channel max and mean over the board
+    (``"pooled"``). ``control`` adds Probing's shuffled-label probe.
+    """
+    concepts = list(concepts or CONCEPTS)
+    std = {m: _standardise(a, n_train, features) for m, a in activations.items()}
+    results: dict[str, ProbeResult] = {}
+    for concept in concepts:
+        task = CONCEPTS[concept]
+        metric = "r2" if task == "regression" else "balanced_accuracy"
+        y = labels[concept]
+        y = y.float() if task == "regression" else y.long()
+        res = ProbeResult(concept, metric)
+        rows = torch.arange(n_train) if task == "regression" else _balanced_rows(y[:n_train])
+        if task == "classification" and len(torch.unique(y[:n_train])) < 2:
+            continue
+        for model, layers in std.items():
+            host = _Host(list(layers))
+            feats = {name: z for name, (z, _) in layers.items()}
+            td = TensorDict({"cache": feats, "labels": y, "x": torch.zeros(len(y))}, batch_size=[len(y)])
+            probing = Probing(
+                list(layers),
+                task=task,
+                estimator="ridge" if task == "regression" else "logistic",
+                alpha=alpha,
+                C=C,
+                metrics=(metric,),
+                control=control,
+            )
+            with probing.prepare(host, in_keys=["x"], out_keys=["y"]):
+                probing.fit(td[rows])
+                scored = probing.score(td[n_train:])
+            res.scores[model] = {n: float(scored["probe", n, metric][0]) for n in layers}
+            if control:
+                res.control[model] = {n: float(scored["probe", n, "control_" + metric][0]) for n in layers}
+            res.probes[model] = {n: probing.probes[n] for n in layers}
+            res.stats[model] = {name: s for name, (_, s) in layers.items()}
+        results[concept] = res
+    return results
+
+
+class _Host(nn.Module):
+    """Holds one identity submodule per layer name, so ``Probing`` can resolve the paths whose activations
+    are already in the TensorDict under ``("cache", name)`` (it then runs no forward)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = list(names)
+        for name in self.names:
+            self.add_module(name, nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.names:
+            x = getattr(self, name)(x)
+        return x
+
+
+def probe_squares(
+    activations: dict[str, dict[str, torch.Tensor]],
+    td: TensorDictBase,
+    n_train: int,
+    *,
+    C: float = 0.1,
+) -> ProbeResult:
+    """Per-square probes of "their piece on this square hangs": one linear map of the ``C`` channels at a square,
+    shared by all squares (a 1x1 probe), fitted with ``Probing`` on the squares that hold their non-king piece.
+
+    Scores (balanced accuracy on the test squares) go to ``scores[model][layer]``; ``scores[model][layer +
+    "/global"]`` is the balanced accuracy of the global concept predicted as "some square is predicted
+    hanging". Features are standardised per channel; ``stats`` keeps ``(mean, std)`` to map a probe back.
+    """
+    theirs = td["board"][:, 6:11].sum(1) > 0  # (N, 8, 8) their non-king piece, plane view
+    y_sq = td["square", "their_hanging"].long()
+    y_global = td["concept", "their_hanging"].long()
+    res = ProbeResult("their_hanging_square", "balanced_accuracy")
+    train_rows = _balanced_rows(y_sq[:n_train][theirs[:n_train]])
+    for model, layers in activations.items():
+        feats, stats = {}, {}
+        for name, a in layers.items():
+            f = a.permute(0, 2, 3, 1)  # (N, 8, 8, C)
+            flat = f[:n_train].reshape(-1, f.shape[-1])
+            mu, sd = flat.mean(0), flat.std(0) + 1e-3
+            feats[name], stats[name] = (f - mu) / sd, (mu, sd)
+        host = _Host(list(layers))
+        probing = Probing(
+            list(layers), task="classification", C=C, metrics=("balanced_accuracy",), control=True
+        )
+
+        def squares(rows: slice, feats: dict = feats) -> TensorDict:
+            sel = theirs[rows]
+            return TensorDict(
+                {"cache": {n: z[rows][sel] for n, z in feats.items()}, "labels": y_sq[rows][sel]},
+                batch_size=[int(sel.sum())],
+            ).set("x", torch.zeros(int(sel.sum())))
+
+        with probing.prepare(host, in_keys=["x"], out_keys=["y"]):
+            probing.fit(squares(slice(0, n_train))[train_rows])
+            scored = probing.score(squares(slice(n_train, None)))
+            res.scores[model], res.control[model] = {}, {}
+            for name in layers:
+                res.scores[model][name] = float(scored["probe", name, "balanced_accuracy"][0])
+                res.control[model][name] = float(scored["probe", name, "control_balanced_accuracy"][0])
+                z = feats[name][n_train:]
+                pred = probing.probes[name].predict(z.reshape(-1, z.shape[-1])).reshape(z.shape[:3])
+                hit = (pred.bool() & theirs[n_train:]).flatten(1).any(1).long()
+                res.scores[model][name + "/global"] = balanced_accuracy(y_global[n_train:], hit)
+        res.probes[model] = {n: probing.probes[n] for n in layers}
+        res.stats[model] = stats
+    return res
+
+
+def probe_direction(result: ProbeResult, model: str, layer: str) -> torch.Tensor:
+    """The (C,) unit direction in raw activation space of a per-square probe (``coef / std``)."""
+    probe = result.probes[model][layer]
+    _, sd = result.stats[model][layer]
+    w = probe.coef_.reshape(-1).to(sd.dtype) / sd
+    return w / w.norm()
+
+
+# -- causal checks -------------------------------------------------------------------------------------------------
+@dataclass
+class HangingPair:
+    """A position where their ``piece`` on ``square`` hangs and the teacher captures it with ``capture`` (policy
+    index), and the same position with one of their pawns added to defend it (both as bare FENs)."""
+
+    hanging: str
+    defended: str
+    square: int
+    capture: int
+    piece: str
+    from_square: int
+    defender: int
+
+
+def hanging_pairs(fens: Sequence[str], limit: int = 64) -> list[HangingPair]:
+    """Pairs built from ``fens`` (positions with history dropped): for each position where some capture of
+    an undefended piece of theirs is legal, add their pawn on an empty square that defends the piece; keep
+    the pair when, afterwards, the piece is defended, the capture is still legal, we are not in check, the
+    position is valid, and the side to move is unchanged. The most valuable hanging piece is used."""
+    chess = require_chess()
+    from envs.chess.moves import move_to_index
+
+    pairs: list[HangingPair] = []
+    for fen in fens:
+        board = chess.Board(fen)
+        if board.is_check():
+            continue
+        them = not board.turn
+        targets = []
+        for move in board.legal_moves:
+            piece = board.piece_at(move.to_square)
+            if piece is None or piece.color != them or piece.piece_type == chess.KING:
+                continue
+            if board.is_attacked_by(them, move.to_square) or move.promotion:
+                continue
+            targets.append((PIECE_VALUES[piece.piece_type], -move.from_square, move, piece))
+        if not targets:
+            continue
+        _, _, move, piece = max(targets, key=lambda t: (t[0], t[1]))
+        sq = move.to_square
+        rank, file = divmod(sq, 8)
+        # a pawn of theirs defends sq from one rank "behind" it (from their side), one file left or right
+        pr = rank + 1 if them == chess.BLACK else rank - 1
+        done = None
+        for pf in (file - 1, file + 1):
+            if not (0 <= pf < 8 and 1 <= pr <= 6):
+                continue
+            psq = pr * 8 + pf
+            if board.piece_at(psq) is not None or psq == move.from_square:
+                continue
+            defended = board.copy(stack=False)
+            defended.set_piece_at(psq, chess.Piece(chess.PAWN, them))
+            defended.ep_square = None
+            if (
+                defended.is_valid()
+                and not defended.is_check()
+                and defended.is_attacked_by(them, sq)
+                and move in defended.legal_moves
+            ):
+                done = defended
+                break
+        else:
+            psq = -1
+        if done is None:
+            continue
+        bare = board.copy(stack=False)
+        bare.ep_square = None
+        pairs.append(
+            HangingPair(
+                bare.fen(),
+                done.fen(),
+                sq,
+                move_to_index(bare, move),
+                chess.piece_name(piece.piece_type),
+                move.from_square,
+                psq,
+            )
+        )
+        if len(pairs) >= limit:
+            break
+    return pairs
+
+
+def pairs_td(pairs: Sequence[HangingPair]) -> TensorDict:
+    """``"board"`` = defended planes, ``("patched", "board")`` = hanging planes, ``"capture"`` index, ``"legal"``,
+    and ``(N, 1, 8, 8)`` plane-view masks of the hanging piece's ``"square"``, the capturer's ``"from"``
+    square and the added ``"defender"``."""
+    chess = require_chess()
+    hang = [chess.Board(p.hanging) for p in pairs]
+    dfd = [chess.Board(p.defended) for p in pairs]
+    out = TensorDict(
+        {
+            "board": torch.stack([board_to_planes(b) for b in dfd]),
+            ("patched", "board"): torch.stack([board_to_planes(b) for b in hang]),
+            "capture": torch.tensor([p.capture for p in pairs]),
+            "legal": torch.stack([legal_move_mask(b) for b in dfd]),
+        },
+        batch_size=[len(pairs)],
+    )
+    black = torch.tensor([b.turn == chess.BLACK for b in hang])
+    out["square"] = _plane_mask([p.square for p in pairs], black)
+    out["from"] = _plane_mask([p.from_square for p in pairs], black)
+    out["defender"] = _plane_mask([p.defender for p in pairs], black)
+    return out
+
+
+class CaptureLogit:
+    """Target: the policy logit of the capture move at ``"capture"`` (per example)."""
+
+    def __call__(self, out: TensorDictBase) -> torch.Tensor:
+        return out["policy"].gather(-1, out["capture"].long()[..., None]).squeeze(-1)
+
+
+def _plane_mask(squares: Sequence[int], black: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, 8, 8)`` bool masks of board squares (a1 = 0), in each example's plane view."""
+    mask = torch.zeros(len(squares), 1, 8, 8, dtype=torch.bool)
+    for i, (sq, b) in enumerate(zip(squares, black.tolist())):
+        mask[i, 0][_square_view(sq, b)] = True
+    return mask
+
+
+def patch_hanging(
+    net: nn.Module,
+    td: TensorDictBase,
+    paths: Sequence[str] = LAYERS,
+    *,
+    reverse: bool = False,
+    squares: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Patch each layer's activations from the hanging run into the defended run (``reverse``: defended into
+    hanging) with ``ActivationPatching``; ``squares`` ``(N, 1, 8, 8)`` bool (plane view) patches only those
+    squares' channel vectors. Returns ``{layer: (N,) change of the capture move's logit}`` and
+    ``{layer + "/restored": change / (source - clean)}`` plus ``"clean"`` and ``"source"``: the capture
+    logits of the two unpatched runs."""
+    x = td.exclude("legal", "square", "from", "defender").clone()
+    if reverse:
+        x["board"], x["patched", "board"] = td["patched", "board"], td["board"]
+    patch_fn = None if squares is None else (lambda clean, source: torch.where(squares, source, clean))
+    result: dict[str, torch.Tensor] = {}
+    with ActivationPatching(list(paths), target=CaptureLogit(), patch_fn=patch_fn).prepare(net) as hooked:
+        out = hooked(x.clone())
+    with torch.no_grad():
+        result["clean"] = CaptureLogit()(net(x.select("board", "capture").clone()))
+        result["source"] = CaptureLogit()(net(x.select("capture").set("board", x["patched", "board"])))
+    gap = result["source"] - result["clean"]
+    for p in paths:
+        result[p] = out["patch_effect", p].detach()
+        result[p + "/restored"] = result[p] / gap
+    return result
+
+
+def ablate_direction(
+    net: nn.Module, td: TensorDictBase, layer: str, direction: torch.Tensor, mean: float | None = None
+) -> torch.Tensor:
+    """Capture-move logit after the component of ``layer``'s activation along ``direction`` (C,) is set to
+    ``mean`` (its dataset mean; default: the batch mean) at every square, minus the unablated logit; (N,).
+
+    Uses ``HookedModule.run`` with ``run.set``: ``a <- a + (mean - a.u) u`` per square, ``u`` unit-norm."""
+    u = (direction / direction.norm()).reshape(1, -1, 1, 1)
+    x = td.select("board", "capture").clone()
+    with torch.no_grad():
+        base = CaptureLogit()(net(x.clone()))
+    hooked = HookedModule(net)
+
+    def project(a: torch.Tensor) -> torch.Tensor:
+        c = (a * u).sum(1, keepdim=True)
+        target = c.mean() if mean is None else torch.as_tensor(mean, dtype=a.dtype)
+        return a + (target - c) * u
+
+    with torch.no_grad(), hooked.run(x.clone()) as run:
+        run.set(layer, project)
+    return CaptureLogit()(run.output) - base
