@@ -272,7 +272,7 @@ class LogisticProbe:
         with torch.enable_grad():
             opt.step(closure)
         self.coef_, self.intercept_ = W.detach(), b.detach()
-        self.n_iter_ = opt.state[opt._params[0]].get("n_iter", 0)
+        self.n_iter_ = opt.state[W].get("n_iter", 0)
         return self
 
     def decision_function(self, X: torch.Tensor) -> torch.Tensor:
