@@ -62,6 +62,14 @@ __all__ = [
     "hanging_pairs",
     "patch_hanging",
     "ablate_direction",
+    "RawPlanes",
+    "probe_squares",
+    "probe_direction",
+    "pairs_td",
+    "hanging_squares",
+    "HangingPair",
+    "CaptureLogit",
+    "move_uci_white_view",
 ]
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
@@ -316,7 +324,7 @@ def layer_activations(
 ) -> dict[str, torch.Tensor]:
     """``{path: (N, C, 8, 8)}`` activations over ``td["board"]`` via ``ActivationCaching`` (in chunks)."""
     parts: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    in_keys = ["board"] if isinstance(net, LeelaNet) else None
+    in_keys = None if isinstance(net, LeelaNet) else ["board"]
     with ActivationCaching(list(paths)).prepare(net, in_keys=in_keys) as hooked, torch.no_grad():
         for s in range(0, len(td), chunk):
             out = hooked(td[s : s + chunk].select("board").clone())
@@ -366,19 +374,21 @@ def probe_concepts(
     concepts: Sequence[str] | None = None,
     alpha: float = 100.0,
     C: float = 0.01,
-    features: str = "flat",
+    features: dict[str, str] | None = None,
     control: bool = True,
 ) -> dict[str, ProbeResult]:
     """Fit and score linear probes of each concept on each model's layer activations with ``Probing``.
 
     ``activations[model][layer]``: ``(N, C, 8, 8)``; the first ``n_train`` rows train, the rest test.
     ``labels[concept]``: ``(N,)``. Regression concepts use ``RidgeProbe(alpha)`` (test R^2), binary ones a
-    ``LogisticProbe(C)`` fitted on a class-balanced subsample (test balanced accuracy). Features are the
-    standardised flattened activation (``features="flat"``) or per-channel max and mean over the board
-    (``"pooled"``). ``control`` adds Probing's shuffled-label probe.
+    ``LogisticProbe(C)`` fitted on a class-balanced subsample (test balanced accuracy). Features, per task
+    (``features``, default ``{"regression": "pooled", "classification": "flat"}``): the standardised flattened
+    activation (``"flat"``) or the per-channel max and mean over the board (``"pooled"``: board-wide counts such
+    as material are sums over squares). ``control`` adds Probing's shuffled-label probe.
     """
     concepts = list(concepts or CONCEPTS)
-    std = {m: _standardise(a, n_train, features) for m, a in activations.items()}
+    features = {"regression": "pooled", "classification": "flat", **(features or {})}
+    cache: dict[str, dict] = {}
     results: dict[str, ProbeResult] = {}
     for concept in concepts:
         task = CONCEPTS[concept]
@@ -389,7 +399,10 @@ def probe_concepts(
         rows = torch.arange(n_train) if task == "regression" else _balanced_rows(y[:n_train])
         if task == "classification" and len(torch.unique(y[:n_train])) < 2:
             continue
-        for model, layers in std.items():
+        kind = features[task]
+        if kind not in cache:
+            cache[kind] = {m: _standardise(a, n_train, kind) for m, a in activations.items()}
+        for model, layers in cache[kind].items():
             host = _Host(list(layers))
             feats = {name: z for name, (z, _) in layers.items()}
             td = TensorDict({"cache": feats, "labels": y, "x": torch.zeros(len(y))}, batch_size=[len(y)])
