@@ -19,6 +19,7 @@ from tensordict import TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 from tqdm.auto import tqdm
@@ -70,6 +71,8 @@ def train(
     stop_at: float | None = None,
     stats_steps: int = 2000,
     on_batch: OnBatch | None = None,
+    actor: ProbabilisticActor | None = None,
+    critic: ValueOperator | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train a fresh actor-critic; returns ``{"actor", "critic", "obs_stats", "best": meta of the best eval}``.
@@ -86,7 +89,8 @@ def train(
     obs_stats = compute_obs_stats(stats_steps, seed=seed)
     env = make_env(seed=seed, obs_stats=obs_stats)
     eval_env = make_env(obs_stats=obs_stats)
-    actor, critic = make_actor(config), make_critic(config)
+    actor = make_actor(config) if actor is None else actor  # pass your own to attach probes before training
+    critic = make_critic(config) if critic is None else critic
 
     collector = Collector(
         env,
