@@ -94,7 +94,7 @@ def saliency_over_episode(out: Path, actor, critic, obs_stats) -> dict[str, Any]
                 heatmap(
                     m.T,
                     out / f"{name}_episode.png",
-                    xlabels=None,
+                    ylabels=list(OBS_NAMES),
                     ylabel="observation feature",
                     xlabel="time step",
                     title=f"{name.replace('_', ' ')} over the first {t} steps (seed 0)",
@@ -133,7 +133,8 @@ def loss_attributions(out: Path, actor, critic, obs_stats) -> dict[str, Any]:
         per_term,
         out / "ppo_loss_term_attributions.png",
         xlabels=list(OBS_NAMES),
-        ylabel="loss term (rows: objective, critic, entropy)",
+        ylabels=terms,
+        ylabel="loss term",
         title="share of |d loss term / d observation| per feature",
         diverging=False,
     )

@@ -23,22 +23,27 @@ def heatmap(
     path: str | Path,
     *,
     xlabels: Sequence[str] | None = None,
+    ylabels: Sequence[str] | None = None,
     ylabel: str = "",
     xlabel: str = "",
     title: str = "",
     diverging: bool = True,
 ) -> Path:
-    """Save a 2-D tensor ``(rows, cols)`` as a heatmap PNG (symmetric colour scale when ``diverging``)."""
+    """Save a 2-D tensor ``(rows, cols)`` as a heatmap PNG (symmetric colour scale when ``diverging``);
+    e.g. a per-step attribution ``(time, features)`` transposed to features x time."""
     plt = _pyplot()
     v = values.detach().float().cpu()
     if v.dim() != 2:
         raise ValueError(f"heatmap needs a 2-D tensor (rows, cols), got shape {tuple(v.shape)}")
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * v.shape[1] + 2), 4.0))
+    width = min(14.0, max(4.0, 0.5 * v.shape[1] + 2))
+    fig, ax = plt.subplots(figsize=(width, min(8.0, max(3.0, 0.3 * v.shape[0] + 1.5))))
     lim = float(v.abs().max()) or 1.0
     kw = {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim} if diverging else {"cmap": "viridis"}
     im = ax.imshow(v.numpy(), aspect="auto", interpolation="nearest", **kw)
     if xlabels is not None:
         ax.set_xticks(range(len(xlabels)), list(xlabels), rotation=45, ha="right")
+    if ylabels is not None:
+        ax.set_yticks(range(len(ylabels)), list(ylabels))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
