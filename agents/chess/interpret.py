@@ -287,6 +287,7 @@ def draw_explanation(
                 pieces=fen,
                 arrows=arrow,
                 shared_scale=False,
+                ncols=5,
                 diverging=method != "saliency",
                 suptitle=f"{fen}  ({'black' if black else 'white'} to move)",
             )

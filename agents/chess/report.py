@@ -112,6 +112,12 @@ def _report(out: Path) -> dict[str, Any]:
         c: {"metric": r.metric, "scores": _round(r.scores), "shuffled_labels": _round(r.control)}
         for c, r in probes.items()
     }
+    for c, r in probes.items():
+        if r.metric != "r2" and int(td["concept", c][:N_TRAIN].sum()) < 50:
+            summary["probes"][c]["note"] = (
+                f"only {int(td['concept', c][:N_TRAIN].sum())} positives among the training positions: "
+                "too few to read (the data would need enriching)"
+            )
     summary["probes"]["their_hanging_per_square"] = {
         "metric": "balanced accuracy on squares holding their piece; '/global' = some square predicted hanging",
         "scores": _round(squares.scores),
