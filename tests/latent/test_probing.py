@@ -66,13 +66,15 @@ def test_logistic_matches_sklearn(n_classes, C):
     X, _ = data(n=500, d=8, seed=1)
     g = torch.Generator().manual_seed(2)
     logits = X @ torch.randn(8, n_classes, generator=g, dtype=torch.float64)
-    y = torch.distributions.Categorical(logits=logits).sample() + 3  # labels 3..: classes_ must map back
-    ours = LogisticProbe(C, tol=1e-10).fit(X, y)
+    y = (
+        torch.multinomial(torch.softmax(logits, -1), 1, generator=g)[:, 0] + 3
+    )  # labels 3..: classes_ map back
+    ours = LogisticProbe(C, tol=1e-10, max_iter=1000).fit(X, y)
     ref = sk_lm.LogisticRegression(C=C, tol=1e-10, max_iter=5000).fit(X.numpy(), y.numpy())
     coef = ours.coef_.numpy().T
     np.testing.assert_allclose(coef, ref.coef_, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(ours.intercept_.numpy(), ref.intercept_, rtol=2e-4, atol=2e-5)
-    np.testing.assert_allclose(ours.predict_proba(X).numpy(), ref.predict_proba(X.numpy()), atol=1e-5)
+    np.testing.assert_allclose(ours.predict_proba(X).numpy(), ref.predict_proba(X.numpy()), atol=5e-5)
     assert torch.equal(ours.predict(X), torch.as_tensor(ref.predict(X.numpy())))
 
 
