@@ -71,8 +71,8 @@ class Recorder(TensorDictModuleBase):
             )
         self.policy = policy
         self.prefix = (prefix,) if isinstance(prefix, str) else tuple(prefix)
-        self.names = [name for name, _ in resolve(policy, paths)]
-        self._paths = paths
+        self._targets = resolve(policy, paths)  # resolved once; plain list, so not registered twice
+        self.names = [name for name, _ in self._targets]
         self.in_keys = list(policy.in_keys)
         self.out_keys = list(policy.out_keys) + [self.key(n) for n in self.names]
 
@@ -83,7 +83,7 @@ class Recorder(TensorDictModuleBase):
     def forward(self, td: TensorDictBase) -> TensorDictBase:
         store = _Store()
         with Hooks() as hooks:
-            for name, module in resolve(self.policy, self._paths):
+            for name, module in self._targets:
                 hooks.forward(module, store.hook(name))
             out = self.policy(td)
         out = td if out is None else out
