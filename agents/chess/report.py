@@ -75,6 +75,30 @@ def _probe_figure(results: dict, squares: Any, path: Path) -> Path:
     return path
 
 
+def _www_figure(grids: dict[str, list[list[float]]], path: Path) -> Path:
+    """Concept score per layer (rows) and training checkpoint (columns), one annotated panel per concept."""
+    from rlhook.plot.heatmap import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.0 * len(grids), 3.8), squeeze=False)
+    for ax, (title, grid) in zip(axes[0], grids.items()):
+        v = torch.tensor(grid).T  # (layers, checkpoints)
+        im = ax.imshow(v.numpy(), cmap="viridis", aspect="auto")
+        for r in range(v.shape[0]):
+            for c in range(v.shape[1]):
+                ax.text(c, r, f"{v[r, c]:.2f}", ha="center", va="center", fontsize=7, color="white")
+        ax.set_xticks(range(len(STEPS)), list(STEPS), fontsize=7)
+        ax.set_yticks(range(len(LAYERS)), list(LAYERS), fontsize=7)
+        ax.set_xlabel("training checkpoint", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("what-when-where: concept score vs layer vs training checkpoint", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(out: Path, train_frames: int | None = None) -> dict[str, Any]:
     """Write the chess report into ``out`` and return its summary (``train_frames`` is unused: no training)."""
     out = Path(out)
@@ -137,20 +161,7 @@ def _report(out: Path) -> dict[str, Any]:
         ],
         "material (R^2)": [[www["material"].scores[s][n] for n in LAYERS] for s in STEPS],
     }
-    www_png = []
-    for title, grid in grids.items():
-        name = "www_" + title.split(" (")[0].replace(",", "").replace(" ", "_") + ".png"
-        www_png.append(
-            heatmap(
-                torch.tensor(grid).T,
-                out / name,
-                xlabels=[f"{s}" for s in STEPS],
-                xlabel="training checkpoint",
-                ylabel="layer (stem, block0..5 top to bottom)",
-                title=f"what-when-where: {title}",
-                diverging=False,
-            )
-        )
+    www_png = [_www_figure(grids, out / "what_when_where.png")]
     summary["what_when_where"] = {
         t: {s: _round(dict(zip(LAYERS, row))) for s, row in zip(STEPS, g)} for t, g in grids.items()
     }
