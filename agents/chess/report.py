@@ -201,8 +201,8 @@ def _report(out: Path) -> dict[str, Any]:
         torch.tensor(rows),
         out / "patching_hanging_into_defended.png",
         xlabels=list(LAYERS),
-        ylabel="whole / hanging square / capturer's square / defender's square",
-        title="share of the capture-logit gap restored by patching (hanging -> defended)",
+        ylabels=["whole layer", "hanging square", "capturer's square", "defender's square"],
+        title="capture-logit gap restored by patching hanging -> defended",
     )
     summary["patching"] = {
         "meaning": "mean (patched - defended) / (hanging - defended) capture-move logit, per patched layer",
