@@ -183,3 +183,23 @@ def test_board_plots_write_pngs(tmp_path: Path, data):
     assert len(paths) == 4 and all(p.stat().st_size > 5000 for p in paths)
     with pytest.raises(ValueError, match="8 ranks"):
         board_heatmap(torch.zeros(8, 8), tmp_path / "x.png", pieces="8/8/8")
+
+
+def test_board_placement_and_grid_arguments(tmp_path: Path):
+    """FEN and [rank][file] arrays give the same placement (a1 bottom-left, rank 8 on top); grids take one
+    placement/arrow for all boards or one per board; bad input is refused with a clear message."""
+    from rlhook.plot import board_grid
+    from rlhook.plot.board import parse_placement
+
+    grid = parse_placement("4k3/8/8/3q4/8/8/3R4/4K3 w - - 0 1")
+    assert grid[0][4] == "K" and grid[7][4] == "k" and grid[4][3] == "q" and grid[1][3] == "R"
+    assert parse_placement([[p or "" for p in row] for row in grid]) == grid
+    with pytest.raises(ValueError, match="unknown piece"):
+        parse_placement("4x3/8/8/8/8/8/8/4K3")
+    fens = [chess.STARTING_FEN, "4k3/8/8/3q4/8/8/3R4/4K3 w - - 0 1"]
+    png = board_grid(torch.randn(2, 8, 8), tmp_path / "g.png", pieces=fens, arrows=["e2e4", ("d2", "d5")])
+    assert png.exists()
+    with pytest.raises(ValueError, match="3 arrows for 2 maps"):
+        board_grid(torch.randn(2, 8, 8), tmp_path / "h.png", arrows=["e2e4", None, "a1a2"])
+    with pytest.raises(ValueError, match="square"):
+        board_grid(torch.randn(1, 8, 8), tmp_path / "i.png", arrows="z9e4")
