@@ -67,6 +67,8 @@ __all__ = [
     "probe_direction",
     "pairs_td",
     "hanging_squares",
+    "square_labels",
+    "SQUARE_CONCEPTS",
     "HangingPair",
     "CaptureLogit",
     "move_uci_white_view",
@@ -84,6 +86,8 @@ CONCEPTS = {
     "mate_in_one": "classification",
 }
 PIECE_NAMES = ("P", "N", "B", "R", "Q", "K")
+#: per-square concepts: name -> (planes whose pieces the probe is fitted on, or None for every square)
+SQUARE_CONCEPTS = {"their_hanging": (6, 11), "own_hanging": (0, 5), "attacked_by_them": None}
 #: planes of the current position (our P..K, their P..K) and the auxiliary planes: the raw-input control
 CURRENT_PLANES = list(range(12))
 PIECE_PLANES = 104  # planes 0..103 hold pieces (8 history steps x 13); 104..111 castling, side, rule 50, ones
@@ -96,17 +100,28 @@ def _square_view(square: int, black: bool) -> tuple[int, int]:
     return (7 - rank if black else rank), file
 
 
-def hanging_squares(board: chess.Board) -> np.ndarray:
-    """``(8, 8)`` plane-view map: 1 where the opponent's non-king piece is attacked by the side to move and
-    not defended (the per-square version of the teacher's ``their_hanging``)."""
-    out = np.zeros((8, 8), dtype=np.int64)
+def square_labels(board: chess.Board) -> dict[str, np.ndarray]:
+    """Per-square 0/1 maps ``(8, 8)`` in plane view: ``their_hanging`` (their non-king piece attacked by the
+    side to move and not defended: the per-square version of the teacher's label), ``own_hanging`` (the same
+    for our pieces) and ``attacked_by_them`` (every square the opponent attacks)."""
+    out = {k: np.zeros((8, 8), dtype=np.int64) for k in SQUARE_CONCEPTS}
     us = board.turn
+    black = not us
     for square, piece in board.piece_map().items():
-        if piece.color == us or piece.piece_type == 6:
+        if piece.piece_type == 6:
             continue
-        if board.is_attacked_by(us, square) and not board.is_attacked_by(not us, square):
-            out[_square_view(square, not us)] = 1
+        owner = piece.color
+        if board.is_attacked_by(not owner, square) and not board.is_attacked_by(owner, square):
+            out["own_hanging" if owner == us else "their_hanging"][_square_view(square, black)] = 1
+    for square in range(64):
+        if board.is_attacked_by(not us, square):
+            out["attacked_by_them"][_square_view(square, black)] = 1
     return out
+
+
+def hanging_squares(board: chess.Board) -> np.ndarray:
+    """``(8, 8)`` plane-view map of their hanging pieces (see :func:`square_labels`)."""
+    return square_labels(board)["their_hanging"]
 
 
 def concept_positions(n: int, seed: int, **options: Any) -> tuple[TensorDict, list[str]]:
@@ -115,15 +130,15 @@ def concept_positions(n: int, seed: int, **options: Any) -> tuple[TensorDict, li
     The TensorDict (batch ``[n]``) holds ``"board"`` (n, 112, 8, 8) planes, ``"move"`` the teacher's policy
     index, ``"legal"`` (n, 1858) bool, ``"wdl"`` class, ``"black"`` (side to move), ``("concept", name)`` for
     ``material``, ``mobility`` (floats) and ``their_hanging``, ``own_hanging``, ``in_check``, ``mate_in_one``
-    (0/1), ``("value", "their_hanging")`` (the hanging value 0..9) and ``("square", "their_hanging")``
-    (n, 8, 8) plane-view 0/1 maps.
+    (0/1), ``("value", "their_hanging")`` (the hanging value 0..9) and ``("square", name)`` (n, 8, 8)
+    plane-view 0/1 maps of :func:`square_labels`.
     """
     planes, fens, rows = [], [], {k: [] for k in (*CONCEPTS, "move", "wdl", "black", "hang_value")}
     legal, squares = [], []
     for board, lab in play_positions(n, seed, **options):
         planes.append(board_to_planes(board))
         legal.append(legal_move_mask(board))
-        squares.append(hanging_squares(board))
+        squares.append(square_labels(board))
         fens.append(board.fen())
         rows["move"].append(lab.move_index)
         rows["wdl"].append(lab.wdl)
@@ -141,7 +156,7 @@ def concept_positions(n: int, seed: int, **options: Any) -> tuple[TensorDict, li
             "black": torch.tensor(rows["black"]),
             "concept": {k: torch.tensor(rows[k]) for k in CONCEPTS},
             "value": {"their_hanging": torch.tensor(rows["hang_value"])},
-            "square": {"their_hanging": torch.from_numpy(np.stack(squares))},
+            "square": {k: torch.from_numpy(np.stack([q[k] for q in squares])) for k in SQUARE_CONCEPTS},
         },
         batch_size=[len(planes)],
     )
@@ -449,19 +464,29 @@ def probe_squares(
     td: TensorDictBase,
     n_train: int,
     *,
+    concept: str = "their_hanging",
     C: float = 0.1,
 ) -> ProbeResult:
-    """Per-square probes of "their piece on this square hangs": one linear map of the ``C`` channels at a square,
-    shared by all squares (a 1x1 probe), fitted with ``Probing`` on the squares that hold their non-king piece.
+    """Per-square probes of ``("square", concept)`` (default: their piece on this square hangs): one linear map
+    of the channels at a square, shared by all squares (a 1x1 probe), fitted with ``Probing`` (class-balanced
+    subsample, shuffled-label control) on the squares that hold the pieces of :data:`SQUARE_CONCEPTS` (their
+    or our non-king pieces for the hanging concepts; every square for ``attacked_by_them``).
 
-    Scores (balanced accuracy on the test squares) go to ``scores[model][layer]``; ``scores[model][layer +
-    "/global"]`` is the balanced accuracy of the global concept predicted as "some square is predicted
-    hanging". Features are standardised per channel; ``stats`` keeps ``(mean, std)`` to map a probe back.
+    Scores (balanced accuracy on the test squares) go to ``scores[model][layer]``; for the hanging concepts
+    ``scores[model][layer + "/global"]`` is the balanced accuracy of the global concept predicted as "some
+    square is predicted positive". Features are standardised per channel; ``stats`` keeps ``(mean, std)`` to
+    map a probe back (:func:`probe_direction`).
     """
-    theirs = td["board"][:, 6:11].sum(1) > 0  # (N, 8, 8) their non-king piece, plane view
-    y_sq = td["square", "their_hanging"].long()
-    y_global = td["concept", "their_hanging"].long()
-    res = ProbeResult("their_hanging_square", "balanced_accuracy")
+    planes = SQUARE_CONCEPTS[concept]
+    board = td["board"]
+    theirs = (
+        board[:, planes[0] : planes[1]].sum(1) > 0
+        if planes is not None
+        else torch.ones(board.shape[0], 8, 8, dtype=torch.bool)
+    )
+    y_sq = td["square", concept].long()
+    y_global = td["concept", concept].long() if concept in CONCEPTS else None
+    res = ProbeResult(concept + "_square", "balanced_accuracy")
     train_rows = _balanced_rows(y_sq[:n_train][theirs[:n_train]])
     for model, layers in activations.items():
         feats, stats = {}, {}
@@ -489,6 +514,8 @@ def probe_squares(
             for name in layers:
                 res.scores[model][name] = float(scored["probe", name, "balanced_accuracy"][0])
                 res.control[model][name] = float(scored["probe", name, "control_balanced_accuracy"][0])
+                if y_global is None:
+                    continue
                 z = feats[name][n_train:]
                 pred = probing.probes[name].predict(z.reshape(-1, z.shape[-1])).reshape(z.shape[:3])
                 hit = (pred.bool() & theirs[n_train:]).flatten(1).any(1).long()

@@ -47,15 +47,19 @@ def _round(d: Any, k: int = 3) -> Any:
     return round(float(d), k) if isinstance(d, float | int) else d
 
 
-def _probe_figure(results: dict, squares: Any, path: Path) -> Path:
+def _probe_figure(results: dict, squares: list, path: Path) -> Path:
     """One panel per concept: score vs layer for the trained net, random init, raw planes, shuffled labels."""
     from rlhook.plot.heatmap import _pyplot
 
     plt = _pyplot()
-    panels = [*results.values(), squares]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.2), squeeze=False)
+    panels = [*results.values(), *squares]
+    ncols = 5
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
     x = range(len(LAYERS))
-    for ax, res in zip(axes[0], panels):
+    for ax, res in zip(axes.flat, panels):
         ax.plot(x, [res.scores["trained"][n] for n in LAYERS], "-o", label="trained (final)", ms=3)
         ax.plot(x, [res.scores["random_init"][n] for n in LAYERS], "--s", label="random init", ms=3)
         ax.axhline(res.scores["raw_planes"]["planes"], color="black", ls="-.", label="raw planes")
@@ -67,7 +71,7 @@ def _probe_figure(results: dict, squares: Any, path: Path) -> Path:
         ax.set_title(res.concept.replace("_", " "), fontsize=9)
         ax.set_ylabel("test R^2" if res.metric == "r2" else "balanced accuracy", fontsize=8)
         ax.set_ylim(min(-0.05, ax.get_ylim()[0]) if res.metric == "r2" else 0.4, 1.02)
-    axes[0][-1].legend(fontsize=6, loc="lower right")
+    axes.flat[len(panels) - 1].legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -132,6 +136,7 @@ def _report(out: Path) -> dict[str, Any]:
     labels = {k: td["concept", k] for k in CONCEPTS}
     probes = probe_concepts(final, labels, N_TRAIN)
     squares = probe_squares(final, td, N_TRAIN)
+    more_squares = [probe_squares(final, td, N_TRAIN, concept=c) for c in ("own_hanging", "attacked_by_them")]
     summary["probes"] = {
         c: {"metric": r.metric, "scores": _round(r.scores), "shuffled_labels": _round(r.control)}
         for c, r in probes.items()
@@ -147,7 +152,13 @@ def _report(out: Path) -> dict[str, Any]:
         "scores": _round(squares.scores),
         "shuffled_labels": _round(squares.control),
     }
-    figure = _probe_figure(probes, squares, out / "probes_final_vs_controls.png")
+    for extra in more_squares:
+        summary["probes"][extra.concept] = {
+            "metric": "balanced accuracy per square (own non-king pieces / every square)",
+            "scores": _round(extra.scores),
+            "shuffled_labels": _round(extra.control),
+        }
+    figure = _probe_figure(probes, [squares, *more_squares], out / "probes_final_vs_controls.png")
     timings["probes"] = time.perf_counter() - t0 - sum(timings.values())
 
     # -- what-when-where: concept score vs block vs training checkpoint ------------------------------------------
