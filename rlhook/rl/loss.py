@@ -142,9 +142,15 @@ class LossAttribution(Method):
                     raise ValueError(
                         f"loss term {term!r} is not a differentiable scalar (shape {tuple(value.shape)})"
                     )
-                grads = torch.autograd.grad(
-                    value.sum(), wrt, retain_graph=i < len(self.terms) - 1, allow_unused=True
+                # calls made without grad (target values, bootstrapped estimates) get a zero map: the term
+                # does not depend on them through the graph
+                live = [w for w in wrt if w.requires_grad]
+                got = iter(
+                    torch.autograd.grad(
+                        value.sum(), live, retain_graph=i < len(self.terms) - 1, allow_unused=True
+                    )
                 )
+                grads = [next(got) if w.requires_grad else None for w in wrt]
                 grads = [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
                 maps: dict[NestedKey, torch.Tensor] = {}
                 for (key, x), g in zip(leaves.items(), grads):

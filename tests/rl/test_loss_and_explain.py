@@ -111,3 +111,32 @@ def test_explain_as_collector_postproc(setup):
     collector.shutdown()
     assert batch["rlhook", "attr", "observation"].shape == (2, 10, 9)
     assert (batch["rlhook", "attr", "observation"] >= 0).all()
+
+
+class _Q(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0, self.act0, self.out = torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act0(self.fc0(torch.cat([obs, action], -1))))
+
+
+def test_sac_ensemble_vmapped_refused_and_unrolled_calls_keyed(setup):
+    from torchrl.modules import ValueOperator
+    from torchrl.objectives import SACLoss
+
+    actor, _, batch = setup
+    q = ValueOperator(_Q(), in_keys=["observation", "action"])
+    with pytest.raises(RuntimeError, match="ran under torch.vmap"):
+        with LossAttribution(["loss_qvalue"], layers=["qvalue_network.module.act0"]).prepare(
+            SACLoss(actor, q, num_qvalue_nets=2)
+        ) as hooked:
+            hooked(batch.clone())
+    loss = SACLoss(actor, q, num_qvalue_nets=2, deactivate_vmap=True)
+    with LossAttribution(["loss_qvalue"], layers=["qvalue_network.module.act0"]).prepare(loss) as hooked:
+        td = hooked(batch.clone())
+    calls = [k for k in td["attr", "loss_qvalue"].keys() if k.startswith("qvalue_network.module.act0#")]
+    assert len(calls) >= 2  # one key per ensemble member call, never one silently merged map
+    assert any(td["attr", "loss_qvalue", k].abs().sum() > 0 for k in calls)
+    assert hook_count(q) == 0

@@ -88,3 +88,29 @@ def test_paired_rollouts_detect_a_change(actor_and_batch):
     )
     assert same["return_diff_mean"] == 0 and same["action_shift"] < 1e-6  # paired seeds: identical episodes
     assert hook_count(actor) == 0
+
+
+def test_probes_as_a_torchrl_trainer_op():
+    from torchrl.objectives import ClipPPOLoss
+    from torchrl.trainers import Trainer
+
+    from agents.pendulum.nets import make_critic
+
+    actor = make_actor()  # trained here: not the shared fixture
+    loss = ClipPPOLoss(actor, make_critic())
+    loss.make_value_estimator(deactivate_vmap=True)
+    collector = Collector(make_env(seed=0), actor, frames_per_batch=100, total_frames=200)
+    trainer = Trainer(
+        collector=collector,
+        total_frames=200,
+        frame_skip=1,
+        optim_steps_per_batch=1,
+        loss_module=loss,
+        optimizer=torch.optim.Adam(loss.parameters(), 1e-5),
+        progress_bar=False,
+    )
+    probes = TrainingProbes(actor, ACT1, lambda b: {"tip_y": b["physics", "tip_y"]})
+    trainer.register_op("batch_process", probes.trainer_op())
+    trainer.train()
+    assert sorted({r["frames"] for r in probes.history}) == [100, 200]
+    assert {r["model"] for r in probes.history} == {"trained", "random_init", "raw_obs", "shuffled"}
