@@ -221,11 +221,12 @@ class LogisticProbe:
 
     Minimises ``C * sum_i CE_i + ||W||^2 / 2`` (intercept unpenalised); two classes use one logit (sigmoid),
     more use one logit per class, as scikit-learn's ``LogisticRegression`` does. ``fit(X (N, d), y (N,))``
-    with any integer labels; ``classes_`` keeps them.
+    with any integer labels; ``classes_`` keeps them. L-BFGS stops once the largest gradient entry of the
+    mean-loss objective is below ``tol`` (1e-4, scikit-learn's lbfgs default) or after ``max_iter`` steps.
     """
 
     def __init__(
-        self, C: float = 1.0, *, max_iter: int = 200, tol: float = 1e-7, fit_intercept: bool = True
+        self, C: float = 1.0, *, max_iter: int = 200, tol: float = 1e-4, fit_intercept: bool = True
     ) -> None:
         if C <= 0:
             raise ValueError(f"C must be > 0, got {C}")
