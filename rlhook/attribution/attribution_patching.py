@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod, gradients
+from rlhook.attribution.base import GradientMethod
 from rlhook.attribution.saliency import _layer_outputs
 from rlhook.hooked import MissingKeyError
 from rlhook.methods import Prepared
@@ -46,7 +46,6 @@ class AttributionPatching(GradientMethod):
         return super()._apply(hooked, td)
 
     def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
-        o = self.options
         patched = flat.clone(False)
         swapped = []
         for k in hooked.in_keys:
@@ -63,18 +62,7 @@ class AttributionPatching(GradientMethod):
             )
         keys = keys if self._explicit else []
         grad_keys = keys or [k for k in hooked.in_keys if torch.is_floating_point(flat.get(k))]
-        grads, _ = gradients(
-            hooked,
-            flat,
-            o.target,
-            grad_keys,
-            1,
-            lambda k, step, ex: flat.get(k)[ex],
-            torch.ones(1),
-            layers=self._layers,
-            chunk_size=o.chunk_size,
-            batched=o.batched,
-        )
+        grads = self.input_gradients(hooked, flat, grad_keys)
         clean = _layer_outputs(hooked, flat, self._layers) if self._layers else {}
         dirty = _layer_outputs(hooked, patched, self._layers) if self._layers else {}
         for k in keys:

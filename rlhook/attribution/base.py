@@ -94,6 +94,25 @@ class GradientMethod(Method):
     ) -> dict[str | None, dict[NestedKey, torch.Tensor]]:
         raise NotImplementedError
 
+    def input_gradients(
+        self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]
+    ) -> dict[str | None, dict[NestedKey, torch.Tensor]]:
+        """Gradients of every target at the inputs themselves (one point), w.r.t. ``keys`` and the layers."""
+        o = self.options
+        sums, _ = gradients(
+            hooked,
+            flat,
+            o.target,
+            keys,
+            1,
+            lambda k, step, ex: flat.get(k)[ex],
+            torch.ones(1),
+            layers=self._layers,
+            chunk_size=o.chunk_size,
+            batched=o.batched,
+        )
+        return sums
+
 
 def flat_view(td: TensorDictBase) -> TensorDictBase:
     """``td`` with its batch dimensions flattened to one (a leading one added when it has none)."""

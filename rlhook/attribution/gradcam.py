@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod, gradients
+from rlhook.attribution.base import GradientMethod
 from rlhook.attribution.saliency import _layer_outputs
 from rlhook.methods import Prepared
 from rlhook.targets import Target
@@ -62,19 +62,7 @@ class GradCAM(GradientMethod):
         self.relu, self.upsample_to, self.interpolate = relu, upsample_to, interpolate
 
     def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
-        o = self.options
-        grads, _ = gradients(
-            hooked,
-            flat,
-            o.target,
-            keys,
-            1,
-            lambda k, step, ex: flat.get(k)[ex],
-            torch.ones(1),
-            layers=self._layers,
-            chunk_size=o.chunk_size,
-            batched=o.batched,
-        )
+        grads = self.input_gradients(hooked, flat, keys)
         acts = _layer_outputs(hooked, flat, self._layers)
         result: dict = {}
         for t, maps in grads.items():

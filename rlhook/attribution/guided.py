@@ -8,7 +8,6 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from rlhook.attribution.base import GradientMethod
-from rlhook.attribution.saliency import _plain_gradients
 from rlhook.hooks import Hooks
 from rlhook.methods import Prepared
 from rlhook.targets import Target
@@ -62,7 +61,7 @@ class GuidedBackprop(GradientMethod):
             hooks.backward_pre(m, _positive_grad)
 
     def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
-        sums, _ = _plain_gradients(self, hooked, flat, keys)
+        sums = self.input_gradients(hooked, flat, keys)
         return sums
 
 

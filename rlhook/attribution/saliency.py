@@ -6,7 +6,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod, gradients
+from rlhook.attribution.base import GradientMethod
 from rlhook.methods import Prepared
 from rlhook.targets import Target
 
@@ -24,7 +24,7 @@ class Saliency(GradientMethod):
         self.abs = abs
 
     def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
-        sums, _ = _plain_gradients(self, hooked, flat, keys)
+        sums = self.input_gradients(hooked, flat, keys)
         if self.abs:
             sums = {t: {k: g.abs() for k, g in m.items()} for t, m in sums.items()}
         return sums
@@ -37,27 +37,11 @@ class InputXGradient(GradientMethod):
     """
 
     def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
-        sums, _ = _plain_gradients(self, hooked, flat, keys)
+        sums = self.input_gradients(hooked, flat, keys)
         acts = _layer_outputs(hooked, flat, self._layers) if self._layers else {}
         return {
             t: {k: g * (acts[k] if k in acts else flat.get(k)) for k, g in m.items()} for t, m in sums.items()
         }
-
-
-def _plain_gradients(method: GradientMethod, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]):
-    o = method.options
-    return gradients(
-        hooked,
-        flat,
-        o.target,
-        keys,
-        1,
-        lambda k, step, ex: flat.get(k)[ex],
-        torch.ones(1),
-        layers=method._layers,
-        chunk_size=o.chunk_size,
-        batched=o.batched,
-    )
 
 
 def _layer_outputs(hooked: Prepared, flat: TensorDictBase, layers: list) -> dict[str, torch.Tensor]:

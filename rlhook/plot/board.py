@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rlhook.plot.heatmap import _pyplot
+from rlhook.plot.heatmap import _pyplot, save_figure
 
 __all__ = ["board_heatmap", "board_grid", "parse_placement", "PIECE_SYMBOLS"]
 
@@ -166,15 +166,6 @@ def _rect(x: float, y: float, alpha: float) -> Any:
     return Rectangle((x, y), 1, 1, facecolor="black", alpha=alpha, edgecolor="none")
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def board_heatmap(
     values: torch.Tensor,
     path: str | Path,
@@ -212,7 +203,7 @@ def board_heatmap(
     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def board_grid(
@@ -272,7 +263,7 @@ def board_grid(
         fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _placements(pieces: Pieces | Sequence[Pieces], k: int) -> list[Pieces]:

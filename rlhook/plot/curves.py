@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlhook.plot.heatmap import _pyplot
+from rlhook.plot.heatmap import _pyplot, save_figure
 
 __all__ = ["probe_curves"]
 
@@ -43,8 +43,4 @@ def probe_curves(history: Sequence[dict[str, Any]], path: str | Path, *, metric:
         ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
