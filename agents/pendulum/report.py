@@ -114,7 +114,11 @@ def saliency_over_episode(out: Path, actor, critic, obs_stats) -> dict[str, Any]
 def loss_attributions(out: Path, actor, critic, obs_stats) -> dict[str, Any]:
     torch.manual_seed(0)
     collector = Collector(
-        make_env(seed=5, obs_stats=obs_stats), actor, frames_per_batch=500, total_frames=500
+        make_env(seed=5, obs_stats=obs_stats),
+        actor,
+        frames_per_batch=500,
+        total_frames=500,
+        auto_register_policy_transforms=False,
     )
     batch = next(iter(collector))
     collector.shutdown()
