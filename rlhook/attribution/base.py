@@ -81,10 +81,13 @@ class GradientMethod(Method):
             raise ValueError(f"no floating input among {hooked.in_keys} to attribute to; pass inputs=[...]")
         return keys
 
+    #: whether ``_attribute`` runs with gradients on (perturbation methods turn it off)
+    needs_grad: bool = True
+
     def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
         keys = self.input_keys(hooked, td)
         flat = flat_view(td)
-        with torch.enable_grad():
+        with torch.set_grad_enabled(self.needs_grad):
             products = self._attribute(hooked, flat, keys)
         write_products(td, products, self.options.key)
         return td

@@ -60,20 +60,12 @@ class PerturbationMethod(GradientMethod):
     """Base of the perturbation methods: the shared options (target, inputs, chunk_size = rows per forward,
     key), no gradients. ``layers`` and ``batched`` do not apply."""
 
+    needs_grad = False
+
     def __init__(self, target: Target | None = None, **options: object) -> None:
         super().__init__(target, **options)
         if self.options.layers is not None:
             raise ValueError(f"{type(self).__name__} perturbs inputs; layers=... is not supported")
-
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        from rlhook.attribution.base import flat_view, write_products
-
-        keys = self.input_keys(hooked, td)
-        flat = flat_view(td)
-        with torch.no_grad():
-            products = self._attribute(hooked, flat, keys)
-        write_products(td, products, self.options.key)
-        return td
 
     def _differences(
         self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey], n_perturb: int, mask: Callable
