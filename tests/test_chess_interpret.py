@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensordict import TensorDict
 
 chess = pytest.importorskip("chess")
 
@@ -56,9 +57,13 @@ def data():
 
 def test_material_probe_every_block(data):
     """Ridge R^2 of material balance (on the per-channel board max and mean of each layer). Trained: > 0.9
-    at every layer (measured 0.94-0.97); raw planes > 0.9 (0.99). The random-init control does NOT reach the
-    0.9 the issue expected: measured 0.1-0.25 here (0.0-0.1 on flattened activations, 0.4-0.56 with 3,000
-    training positions), so what the trained net shows is learned: asserted at least 0.5 below it."""
+    at every layer (measured 0.94-0.97). Raw planes: > 0.9 (0.99; material is linear in them): this is the
+    control showing that material needs no learning to be decodable. The random-init control does NOT reach
+    the 0.9 the issue expected (from notes on a 16-plane net): measured 0.0-0.25 here, and at most 0.57 in
+    every variant tried with 8,000 training positions (flattened or pooled features, alpha 1-1000, batch-norm
+    statistics re-estimated on the data, Kaiming init, train-mode batch norm, history or auxiliary planes
+    zeroed, a 16-plane random net: 0.70 at the stem, 0.37 at block 5). Random ReLU features of lc0's encoding
+    do not keep material linear, so what the trained net shows is learned: asserted at least 0.5 below it."""
     labels = {"material": data["td"]["concept", "material"]}
     res = probe_concepts(data["acts"], labels, N_TRAIN, concepts=["material"], control=False)["material"]
     for layer in LAYERS:
@@ -103,31 +108,111 @@ def _queen_positions(data, limit: int = 60) -> list[int]:
     return idx[:limit].tolist()
 
 
-def test_value_saliency_finds_the_hanging_queen(data):
-    """Value saliency |d(P(W) - P(L)) / d planes| read at each square's own piece plane (white's view).
-    The issue asks for the hanging queen's square in the top 3 of the board; on positions chosen as in
-    ``_queen_positions`` that holds for most but not all of them: measured 0.69 here (45 positions, chance
-    3 / occupied squares = 0.35) and 0.50 on another seeded set of 109 (integrated gradients 0.57). Asserted:
-    top-3 rate >= 0.55 and >= chance + 0.2, not every position. The un-mirroring is checked on the same
-    positions (occupancy equals the FEN's)."""
+def _queen_rank_rate(maps: torch.Tensor, occ: torch.Tensor, queens: list[list[int]]) -> tuple[float, float]:
+    """Share of positions whose queen square is in the top 3 of ``maps`` (N, 8, 8) over occupied squares,
+    and the chance rate 3 / occupied squares."""
+    hits, chance = [], []
+    for j, qs in enumerate(queens):
+        score = maps[j].abs().flatten().masked_fill(~occ[j].any(0).flatten(), -1.0)
+        top3 = torch.argsort(score, descending=True)[:3].tolist()
+        hits.append(any(q in top3 for q in qs))
+        chance.append(3 / int(occ[j].any(0).sum()))
+    return sum(hits) / len(hits), sum(chance) / len(chance)
+
+
+def test_saliency_finds_the_hanging_queen(data):
+    """Positions where their queen hangs (``_queen_positions``); saliency read at each square's own piece
+    plane, in white's view (the un-mirroring is checked: occupancy equals the FEN's).
+
+    - The best move's logit (the queen's capture, mostly): the queen's square is in the top 3 for >= 0.9 of
+      the positions (measured 0.98 on the 45 here, 0.96 on 208 of a seeded 10,000; IG 0.95).
+    - The value P(W) - P(L), which the issue names: 0.69 here, 0.50 on the 208 (IG 0.72; chance 0.35), so asserted >= 0.55
+      and >= chance + 0.2, not every position. Not a weakness of the method: the teacher's WDL target counts
+      a hanging piece as already won, so the queen barely matters to the value (see
+      ``test_teacher_value_ignores_the_hanging_queen``); occluding it moves the net's value less than
+      occluding other pieces (top 3 in 0.28 of the 208)."""
     td, fens = data["td"], data["fens"]
     idx = _queen_positions(data)
     assert len(idx) >= 20
     sub = td[torch.tensor(idx)]
-    maps = explain(data["net"], sub, ("saliency",))["saliency"]["value/pieces"]  # (n, 12, 8, 8)
+    maps = explain(data["net"], sub, ("saliency",))["saliency"]
     occ = to_board_view(sub["board"][:, :12], sub["black"]) > 0
-    hits, chance = [], []
+    queens = []
     for j, i in enumerate(idx):
         board = chess.Board(fens[i])
         for s in range(64):
             assert bool(occ[j].any(0).flatten()[s]) == (board.piece_at(s) is not None)
-        queens = list(board.pieces(chess.QUEEN, not board.turn))
-        score = (maps[j] * occ[j]).sum(0).flatten()
-        top3 = torch.argsort(score, descending=True)[:3].tolist()
-        hits.append(any(q in top3 for q in queens))
-        chance.append(3 / int(occ[j].any(0).sum()))
-    rate, base = sum(hits) / len(hits), sum(chance) / len(chance)
-    assert rate >= 0.55 and rate >= base + 0.2, (rate, base)
+        queens.append(list(board.pieces(chess.QUEEN, not board.turn)))
+    move_rate, base = _queen_rank_rate((maps["move/pieces"] * occ).sum(1), occ, queens)
+    assert move_rate >= 0.9 and base < 0.5, (move_rate, base)
+    value_rate, _ = _queen_rank_rate((maps["value/pieces"] * occ).sum(1), occ, queens)
+    assert value_rate >= 0.55 and value_rate >= base + 0.2, (value_rate, base)
+
+
+def test_teacher_value_ignores_the_hanging_queen(data):
+    """Why the value saliency need not find the queen: the WDL label scores ``material + best gain``, so
+    taking the hanging queen off the board leaves the label unchanged in most positions (measured 0.95 of
+    208), more often than taking off another random non-king piece (0.81)."""
+    from agents.chess.teacher import label_position
+
+    def same_label(board: chess.Board, square: int, wdl: int) -> bool | None:
+        edited = board.copy()
+        edited.remove_piece_at(square)
+        return label_position(edited).wdl == wdl if any(edited.legal_moves) else None
+
+    rng = torch.Generator().manual_seed(0)
+    same_queen, same_other = [], []
+    for i in _queen_positions(data):
+        board = chess.Board(data["fens"][i])
+        wdl = label_position(board).wdl
+        queen = next(iter(board.pieces(chess.QUEEN, not board.turn)))
+        same_queen.append(same_label(board, queen, wdl))
+        others = [s for s, p in board.piece_map().items() if p.piece_type != chess.KING and s != queen]
+        if others:
+            same_other.append(
+                same_label(board, others[int(torch.randint(len(others), (1,), generator=rng))], wdl)
+            )
+    same_queen = [x for x in same_queen if x is not None]
+    same_other = [x for x in same_other if x is not None]
+    queen_rate, other_rate = sum(same_queen) / len(same_queen), sum(same_other) / len(same_other)
+    assert queen_rate >= 0.85 and queen_rate > other_rate, (queen_rate, other_rate)
+
+
+# Written by hand before looking at any attribution: white to move, a black queen attacked and undefended.
+HANGING_QUEEN_FENS = (
+    "4k3/8/8/3q4/4P3/8/8/4K3 w - - 0 1",
+    "rnb1kbnr/pppp1ppp/8/4p3/4P2q/5N2/PPPP1PPP/RNBQKB1R w KQkq - 0 1",
+    "r1b1kbnr/pppp1ppp/2n5/1B2p3/4P3/5q2/PPPP1PPP/RNBQK2R w KQkq - 0 1",
+    "6k1/5ppp/8/8/8/2q5/5PPP/2R3K1 w - - 0 1",
+    "6k1/pp3pp1/7p/8/8/1q6/PP3PPP/3R2K1 w - - 0 1",
+)
+
+
+def test_hand_written_hanging_queens(data):
+    """On five hand-written positions the net plays the queen's capture and the saliency of that move's
+    logit puts the queen's square first (measured: first on all five)."""
+    from agents.chess.teacher import label_position
+    from envs.chess.moves import legal_move_mask
+    from envs.chess.planes import board_to_planes
+
+    boards = [chess.Board(f) for f in HANGING_QUEEN_FENS]
+    assert all(label_position(b).their_hanging == 9 for b in boards)
+    td = TensorDict(
+        {
+            "board": torch.stack([board_to_planes(b) for b in boards]),
+            "legal": torch.stack([legal_move_mask(b) for b in boards]),
+            "black": torch.zeros(len(boards), dtype=torch.bool),
+        },
+        batch_size=[len(boards)],
+    )
+    out = explain(data["net"], td, ("saliency",))
+    occ = to_board_view(td["board"][:, :12], td["black"]) > 0
+    maps = (out["saliency"]["move/pieces"] * occ).sum(1)
+    for j, board in enumerate(boards):
+        queen = next(iter(board.pieces(chess.QUEEN, chess.BLACK)))
+        assert label_position(board).move.to_square == queen
+        assert int(out["best_move"]["index"][j]) == label_position(board).move_index, board.fen()
+        assert int(maps[j].flatten().argmax()) == queen, (board.fen(), maps[j])
 
 
 def test_patching_hanging_into_defended_raises_capture_logit(data):
