@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,9 +33,10 @@ from envs.chess.planes import board_to_bitplanes
 if TYPE_CHECKING:  # pragma: no cover
     import chess
 
-__all__ = ["RULES", "CONCEPTS", "play_positions", "make_dataset", "unpack_legal"]
+__all__ = ["RULES", "LABELS", "CONCEPTS", "play_positions", "make_dataset", "unpack_legal"]
 
 RULES = ("mate", "capture", "check", "quiet")
+LABELS = ("teacher", "stockfish")  # who gives the move and WDL targets
 CONCEPTS = (
     "material",
     "best_gain",
@@ -83,11 +85,26 @@ def play_positions(
 
 def _dataset_part(args: tuple[int, int, dict]) -> dict[str, np.ndarray]:
     n, seed, options = args
+    options = dict(options)
+    labels, depth = options.pop("labels", "teacher"), options.pop("depth", 8)
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
+    with ExitStack() as stack:
+        engine = None
+        if labels == "stockfish":
+            from agents.chess.stockfish import StockfishLabeller
+
+            engine = stack.enter_context(StockfishLabeller(depth))
+        return _label_rows(n, seed, options, engine)
+
+
+def _label_rows(n: int, seed: int, options: dict, engine) -> dict[str, np.ndarray]:
     rows: dict[str, list] = {k: [] for k in ("words", "move", "wdl", "legal", "rule", *CONCEPTS)}
     for board, lab in play_positions(n, seed, **options):
         rows["words"].append(board_to_bitplanes(board))
-        rows["move"].append(lab.move_index)
-        rows["wdl"].append(lab.wdl)
+        move, wdl = (lab.move_index, lab.wdl) if engine is None else engine(board)[1:]
+        rows["move"].append(move)
+        rows["wdl"].append(wdl)
         mask = np.zeros(POLICY_SIZE, dtype=bool)
         mask[list(legal_move_indices(board))] = True
         rows["legal"].append(np.packbits(mask))
@@ -103,6 +120,10 @@ def make_dataset(
     n: int, seed: int, workers: int = 1, chunk: int = 2000, progress: bool = False, **options
 ) -> dict[str, np.ndarray]:
     """``n`` labelled positions as a dict of numpy arrays (see the module docstring).
+
+    ``options`` go to :func:`play_positions`, except ``labels``: ``"teacher"`` (default) or ``"stockfish"``
+    (``move`` and ``wdl`` from a depth-``depth`` Stockfish search, :mod:`agents.chess.stockfish`; the positions
+    and the concept labels are the same).
 
     Work is cut into chunks of ``chunk`` positions seeded ``seed * 100003 + k``, so the result depends on
     ``(n, seed, chunk)`` only, never on ``workers``.

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.chess.net import LeelaConfig, LeelaNet, save_checkpoint
-from agents.chess.positions import make_dataset, unpack_legal
+from agents.chess.positions import LABELS, make_dataset, unpack_legal
 from envs.chess.planes import HISTORY, PLANES_PER_STEP, unpack_planes
 
 __all__ = ["HOLDOUT_SEED", "without_history", "evaluate", "load_or_make", "train", "main"]
@@ -29,17 +29,21 @@ HOLDOUT_SEED = 999  # training uses other seeds; positions of this seed are neve
 
 
 def load_or_make(
-    n: int, seed: int, cache: Path | None, workers: int, progress: bool
+    n: int, seed: int, cache: Path | None, workers: int, progress: bool, **options
 ) -> dict[str, np.ndarray]:
-    """``make_dataset(n, seed)``, stored in / read back from ``cache`` when given."""
+    """``make_dataset(n, seed, **options)``, stored in / read back from ``cache`` when given (a cache made
+    by another labeller, or too short, is made again)."""
+    labels = options.get("labels", "teacher")
+    labeller = f"stockfish:{options.get('depth', 8)}" if labels == "stockfish" else labels
     if cache is not None and cache.exists():
         data = dict(np.load(cache))
-        if len(data["move"]) >= n:
+        made_by = str(data.pop("labeller", "teacher"))
+        if made_by == labeller and len(data["move"]) >= n:
             return {k: v[:n] for k, v in data.items()}
-    data = make_dataset(n, seed, workers=workers, progress=progress)
+    data = make_dataset(n, seed, workers=workers, progress=progress, **options)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, **data)
+        np.savez(cache, labeller=np.array(labeller), **data)
     return data
 
 
@@ -180,6 +184,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
     p.add_argument("--workers", type=int, default=1, help="processes generating positions")
+    p.add_argument(
+        "--labels",
+        choices=LABELS,
+        default="teacher",
+        help="targets: the code teacher or Stockfish (if installed)",
+    )
+    p.add_argument("--depth", type=int, default=8, help="Stockfish search depth (with --labels stockfish)")
     p.add_argument("--data-cache", type=Path, default=None, help="npz file to reuse generated positions")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "checkpoints")
     p.add_argument("--no-progress", action="store_true")
@@ -189,9 +200,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.manual_seed(args.seed)
     progress = not args.no_progress
     t0, cpu_start = time.time(), sum(os.times()[:4])
-    data = load_or_make(args.positions, args.seed, args.data_cache, args.workers, progress)
+    labels = {"labels": args.labels, "depth": args.depth}
+    data = load_or_make(args.positions, args.seed, args.data_cache, args.workers, progress, **labels)
     holdout_cache = args.data_cache.with_suffix(".holdout.npz") if args.data_cache else None
-    holdout = load_or_make(args.holdout, HOLDOUT_SEED, holdout_cache, args.workers, progress)
+    holdout = load_or_make(args.holdout, HOLDOUT_SEED, holdout_cache, args.workers, progress, **labels)
     print(f"data: {len(data['move'])} + {len(holdout['move'])} positions in {time.time() - t0:.0f} s wall")
     net = LeelaNet(LeelaConfig(blocks=args.blocks, filters=args.filters, se_ratio=args.se_ratio)).to(
         args.device
