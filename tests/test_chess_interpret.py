@@ -288,3 +288,45 @@ def test_board_placement_and_grid_arguments(tmp_path: Path):
         board_grid(torch.randn(2, 8, 8), tmp_path / "h.png", arrows=["e2e4", None, "a1a2"])
     with pytest.raises(ValueError, match="square"):
         board_grid(torch.randn(1, 8, 8), tmp_path / "i.png", arrows="z9e4")
+
+
+def test_enriched_rows_keep_every_positive_at_the_asked_rate():
+    from agents.chess.interpret import enriched_rows
+
+    y = torch.zeros(1000, dtype=torch.long)
+    y[torch.arange(0, 1000, 50)] = 1  # 20 positives
+    rows = enriched_rows(y, 0.2, seed=3)
+    assert len(rows) == 100 and int(y[rows].sum()) == 20 and len(set(rows.tolist())) == 100
+    assert torch.equal(rows, enriched_rows(y, 0.2, seed=3)) and not torch.equal(rows, enriched_rows(y, 0.2))
+    assert y[rows[:20]].sum() < 20  # shuffled, not positives first
+    assert len(enriched_rows(y[:60], 0.2)) == 10  # 2 positives + 8 negatives
+    assert len(enriched_rows(torch.tensor([1] * 10 + [0] * 5), 0.2)) == 15  # too few negatives: all of them
+    with pytest.raises(ValueError, match=r"rate must be a share of positives in \(0, 1\), got 1.5"):
+        enriched_rows(y, 1.5)
+    with pytest.raises(ValueError, match="no positive among the 10 rows"):
+        enriched_rows(torch.zeros(10), 0.2)
+    with pytest.raises(ValueError, match=r"labels must be 0/1, got values \[0, 1, 2\]"):
+        enriched_rows(torch.tensor([0, 1, 2]), 0.2)
+
+
+def test_mate_in_one_probe_on_enriched_positions():
+    """Mate in one available (0.7% of positions) on an enriched set: every mate-in-one position of 20,000
+    (seed 11) plus random others, 20% positive (580 rows; 2/3 train). The trained net beats random init by
+    >= 0.15 balanced accuracy and the raw planes by >= 0.1 at every layer (measured 0.84-0.86 vs 0.60-0.65
+    and 0.63; with other seeds 0.77-0.84 vs 0.47-0.63 and 0.65-0.72)."""
+    from agents.chess.interpret import enriched_rows
+
+    td, _ = concept_positions(20_000, seed=11)
+    td = td[enriched_rows(td["concept", "mate_in_one"], 0.2)]
+    assert 0.19 < td["concept", "mate_in_one"].float().mean() < 0.21 and len(td) > 400
+    acts = {
+        "trained": layer_activations(load_net("final"), td),
+        "random_init": layer_activations(random_net(0), td),
+        "raw_planes": layer_activations(RawPlanes(), td, ["planes"]),
+    }
+    labels = {"mate_in_one": td["concept", "mate_in_one"]}
+    res = probe_concepts(acts, labels, 2 * len(td) // 3, concepts=["mate_in_one"])["mate_in_one"]
+    s, raw = res.scores, res.scores["raw_planes"]["planes"]
+    for layer in LAYERS:
+        assert s["trained"][layer] >= max(s["random_init"][layer] + 0.15, raw + 0.1), (layer, s)
+        assert res.control["trained"][layer] < 0.65  # shuffled labels

@@ -3,8 +3,8 @@ the causal checks (patching, probe-direction ablation) on the shipped Leela-styl
 
     python -m agents.chess.report --out reports/chess
 
-Writes PNG files plus ``summary.json`` / ``summary.md`` into ``out``; about 1-2 minutes on a busy 2-core CPU
-(3,000 seeded positions, one thread).
+Writes PNG files plus ``summary.json`` / ``summary.md`` into ``out``; about 2 minutes on a 2-core CPU
+(3,000 seeded positions, and 20,000 more for the enriched mate-in-one probe; one thread).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from agents.chess.interpret import (
     ablate_direction,
     concept_positions,
     draw_explanation,
+    enriched_rows,
     explain,
     hanging_pairs,
     layer_activations,
@@ -35,10 +36,11 @@ from agents.chess.interpret import (
     probe_squares,
     random_net,
 )
-from rlhook.plot import heatmap
+from rlhook.plot import heatmap, pyplot, save_figure
 
 STEPS = ("step450", "step900", "step1350", "final")
 N, N_TRAIN, SEED = 3000, 2000, 5
+MATE_N, MATE_SEED, MATE_RATE = 20_000, 11, 0.2  # mate in one is rare (0.7%): probed on an enriched set
 
 
 def _round(d: Any, k: int = 3) -> Any:
@@ -49,9 +51,7 @@ def _round(d: Any, k: int = 3) -> Any:
 
 def _probe_figure(results: dict, squares: list, path: Path) -> Path:
     """One panel per concept: score vs layer for the trained net, random init, raw planes, shuffled labels."""
-    from rlhook.plot.heatmap import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     panels = [*results.values(), *squares]
     ncols = 5
     nrows = -(-len(panels) // ncols)
@@ -73,17 +73,27 @@ def _probe_figure(results: dict, squares: list, path: Path) -> Path:
         ax.set_ylim(min(-0.05, ax.get_ylim()[0]) if res.metric == "r2" else 0.4, 1.02)
     axes.flat[len(panels) - 1].legend(fontsize=6, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def _mate_in_one_probe(net: torch.nn.Module) -> Any:
+    """Mate in one available, probed on an enriched set (``enriched_rows``) with the same controls."""
+    td, _ = concept_positions(MATE_N, seed=MATE_SEED)
+    td = td[enriched_rows(td["concept", "mate_in_one"], MATE_RATE)]
+    acts = {
+        "trained": layer_activations(net, td),
+        "random_init": layer_activations(random_net(0), td),
+        "raw_planes": layer_activations(RawPlanes(), td, ["planes"]),
+    }
+    labels = {"mate_in_one": td["concept", "mate_in_one"]}
+    res = probe_concepts(acts, labels, 2 * len(td) // 3, concepts=["mate_in_one"])["mate_in_one"]
+    res.concept = f"mate in one ({MATE_RATE:.0%}-enriched)"
+    return res
 
 
 def _www_figure(grids: dict[str, list[list[float]]], path: Path) -> Path:
     """Concept score per layer (rows) and training checkpoint (columns), one annotated panel per concept."""
-    from rlhook.plot.heatmap import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(grids), figsize=(4.0 * len(grids), 3.8), squeeze=False)
     for ax, (title, grid) in zip(axes[0], grids.items()):
         v = torch.tensor(grid).T  # (layers, checkpoints)
@@ -98,9 +108,7 @@ def _www_figure(grids: dict[str, list[list[float]]], path: Path) -> Path:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle("what-when-where: concept score vs layer vs training checkpoint", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(out: Path, train_frames: int | None = None) -> dict[str, Any]:
@@ -141,12 +149,14 @@ def _report(out: Path) -> dict[str, Any]:
         c: {"metric": r.metric, "scores": _round(r.scores), "shuffled_labels": _round(r.control)}
         for c, r in probes.items()
     }
-    for c, r in probes.items():
-        if r.metric != "r2" and int(td["concept", c][:N_TRAIN].sum()) < 50:
-            summary["probes"][c]["note"] = (
-                f"only {int(td['concept', c][:N_TRAIN].sum())} positives among the training positions: "
-                "too few to read (the data would need enriching)"
-            )
+    probes["mate_in_one"] = _mate_in_one_probe(nets["final"])
+    summary["probes"]["mate_in_one"] = {
+        "metric": probes["mate_in_one"].metric,
+        "data": f"every mate-in-one position of concept_positions({MATE_N}, seed={MATE_SEED}) plus random "
+        f"others, {MATE_RATE:.0%} positive; 2/3 train, 1/3 test",
+        "scores": _round(probes["mate_in_one"].scores),
+        "shuffled_labels": _round(probes["mate_in_one"].control),
+    }
     summary["probes"]["their_hanging_per_square"] = {
         "metric": "balanced accuracy on squares holding their piece; '/global' = some square predicted hanging",
         "scores": _round(squares.scores),

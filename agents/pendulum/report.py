@@ -27,7 +27,7 @@ from agents.pendulum.nets import load_agent, make_actor, make_critic
 from envs.pendulum import MAX_STEPS, OBS_NAMES, make_env, return_to_go, time_to_termination
 from rlhook.attribution import IntegratedGradients, Saliency
 from rlhook.latent import ActivationAddition, SteeringVectors
-from rlhook.plot import heatmap
+from rlhook.plot import heatmap, pyplot, save_figure
 from rlhook.rl import ExplainBatch, LossAttribution, TrainingProbes, paired_rollouts
 
 ACTOR_LAYERS = r"module\.0\.module\.act\d"
@@ -168,9 +168,7 @@ def steering(out: Path, actor, obs_stats, scales=(5.0, 15.0, 25.0, 40.0), seeds=
         scale: paired_rollouts(make, actor, SteeringVectors({STEER_LAYER: v}, scale=scale), seeds=list(seeds))
         for scale in scales
     }
-    from rlhook.plot.heatmap import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     base = effects[scales[0]]["return_base"]
     ax.errorbar([0.0], [sum(base) / len(base)], fmt="o", color="black", label="unmodified")
@@ -182,8 +180,7 @@ def steering(out: Path, actor, obs_stats, scales=(5.0, 15.0, 25.0, 40.0), seeds=
     ax.set_title("adding a 'push right' vector to the actor's last hidden layer")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "steering_effect_on_return.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "steering_effect_on_return.png")
     rows = [
         {
             "scale": scale,

@@ -2,6 +2,6 @@
 
 from rlhook.plot.board import board_grid, board_heatmap
 from rlhook.plot.curves import probe_curves
-from rlhook.plot.heatmap import heatmap, image_grid
+from rlhook.plot.heatmap import heatmap, image_grid, pyplot, save_figure
 
-__all__ = ["board_grid", "board_heatmap", "heatmap", "image_grid", "probe_curves"]
+__all__ = ["board_grid", "board_heatmap", "heatmap", "image_grid", "probe_curves", "pyplot", "save_figure"]

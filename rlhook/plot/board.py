@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rlhook.plot.heatmap import _pyplot, save_figure
+from rlhook.plot.heatmap import pyplot, save_figure
 
 __all__ = ["board_heatmap", "board_grid", "parse_placement", "PIECE_SYMBOLS"]
 
@@ -185,7 +185,7 @@ def board_heatmap(
         diverging: symmetric blue-red scale (signed maps); ``False`` for non-negative maps (saliency).
         symbols: unicode chess symbols; ``False`` draws the FEN letters instead.
     """
-    plt = _pyplot()
+    plt = pyplot()
     v = _values(values)
     if v.dim() != 2:
         raise ValueError(f"board_heatmap draws one (8, 8) map, got shape {tuple(v.shape)}; see board_grid")
@@ -228,7 +228,7 @@ def board_grid(
         arrows: one arrow for every board, or a sequence of ``K`` (``None`` for no arrow).
         shared_scale: one colour scale for all maps (compare magnitudes across panels); else one each.
     """
-    plt = _pyplot()
+    plt = pyplot()
     v = _values(maps)
     if v.dim() != 3:
         raise ValueError(f"board_grid needs (K, 8, 8) maps, got shape {tuple(v.shape)}")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlhook.plot.heatmap import _pyplot, save_figure
+from rlhook.plot.heatmap import pyplot, save_figure
 
 __all__ = ["probe_curves"]
 
@@ -16,7 +16,7 @@ def probe_curves(history: Sequence[dict[str, Any]], path: str | Path, *, metric:
 
     ``history`` rows hold ``frames, model, layer, quantity`` and the metric (``TrainingProbes.history``).
     """
-    plt = _pyplot()
+    plt = pyplot()
     quantities = sorted({r["quantity"] for r in history})
     layers = sorted({r["layer"] for r in history if r["model"] == "trained"})
     fig, axes = plt.subplots(1, len(quantities), figsize=(4.2 * len(quantities), 3.6), squeeze=False)

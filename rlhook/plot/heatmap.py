@@ -13,7 +13,9 @@ from rlhook.extras import require
 __all__ = ["heatmap", "image_grid", "save_figure"]
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (the ``plot`` extra), for custom figures that
+    :func:`save_figure` writes."""
     matplotlib = require("matplotlib", "plot")
     matplotlib.use("Agg")
     return require("matplotlib.pyplot", "plot")
@@ -24,7 +26,7 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -41,7 +43,7 @@ def heatmap(
 ) -> Path:
     """Save a 2-D tensor ``(rows, cols)`` as a heatmap PNG (symmetric colour scale when ``diverging``);
     e.g. a per-step attribution ``(time, features)`` transposed to features x time."""
-    plt = _pyplot()
+    plt = pyplot()
     v = values.detach().float().cpu()
     if v.dim() != 2:
         raise ValueError(f"heatmap needs a 2-D tensor (rows, cols), got shape {tuple(v.shape)}")
@@ -74,7 +76,7 @@ def image_grid(
 
     ``images``: ``(N, H, W)``; ``maps``: ``(N, K, H, W)`` (K targets), drawn on a symmetric colour scale.
     """
-    plt = _pyplot()
+    plt = pyplot()
     n, k = maps.shape[:2]
     fig, axes = plt.subplots(n, k + 1, figsize=(1.3 * (k + 1), 1.3 * n), squeeze=False)
     for i in range(n):
