@@ -37,7 +37,9 @@ from agents.chess.teacher import PIECE_VALUES
 from envs.chess.moves import POLICY_INDEX, legal_move_mask, require_chess
 from envs.chess.planes import board_to_planes
 from rlhook import HookedModule
-from rlhook.attribution import LRP, IntegratedGradients, Saliency
+from rlhook.attribution import LRP, IntegratedGradients, MergeBatchNorm, Saliency
+from rlhook.attribution.lrp import Composite, Epsilon, Residual, Rule
+from rlhook.attribution.lrp.rules import stabilize
 from rlhook.latent import ActivationCaching, ActivationPatching, Probing, balanced_accuracy
 from rlhook.targets import WDL
 
@@ -56,6 +58,8 @@ __all__ = [
     "random_net",
     "best_moves",
     "explain",
+    "lrp_composite",
+    "SqueezeExciteRule",
     "draw_explanation",
     "layer_activations",
     "probe_concepts",
@@ -236,6 +240,35 @@ def _baseline(board: torch.Tensor) -> torch.Tensor:
     return base
 
 
+class SqueezeExciteRule(Rule):
+    """LRP through lc0's SE unit ``sigmoid(gamma(x)) * x + beta(x)`` (``gamma, beta`` from the board mean of
+    ``x``): the gate is a constant weight and gets no relevance (as gates in LRP for LSTMs) and ``beta`` is a
+    bias that keeps its share: ``R_x = sigmoid(gamma) x R / stab(sigmoid(gamma) x + beta)``."""
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        self.eps = eps
+
+    def relevance(self, module, inputs, relevance):
+        x = inputs[0].detach()
+        with torch.no_grad():
+            gamma, beta = module.fc2(module.act(module.fc1(x.mean(dim=(2, 3))))).chunk(2, dim=1)
+            gated = torch.sigmoid(gamma)[..., None, None] * x
+            return (gated * relevance / stabilize(gated + beta[..., None, None], self.eps),)
+
+
+def lrp_composite(net: LeelaNet, eps: float = 1e-6) -> Composite:
+    """LRP-epsilon for :class:`LeelaNet`: ``Residual`` splits each block's relevance between the skip and the
+    conv1 -> conv2 -> se branch (a plain ``x + branch`` would count the skip's relevance twice) and
+    :class:`SqueezeExciteRule` passes it through the SE gates; convs and linears ``Epsilon(eps)``, ReLU and
+    (merged) batch norms ``Pass``. Use with ``MergeBatchNorm`` (see :func:`explain`)."""
+    names: dict[str, Rule] = {}
+    for i, block in enumerate(net.residual_blocks):
+        names[f"block{i}"] = Residual(("conv1", "conv2", "se"), eps=eps)
+        if not isinstance(block.se, nn.Identity):
+            names[f"block{i}.se"] = SqueezeExciteRule(eps)
+    return Composite(names=names, rule=Epsilon(eps))
+
+
 def explain(
     net: nn.Module,
     td: TensorDictBase,
@@ -249,9 +282,9 @@ def explain(
     ``("move", "value", "W", "D", "L")``, ``maps[target]`` is ``(N, 8, 8)`` (summed over all 112 planes) and
     ``maps[target + "/pieces"]`` is ``(N, 12, 8, 8)`` (current-position piece planes: ours P..K then theirs),
     both in white's view ``[rank, file]``. Saliency is ``|gradient|``; IG runs from a baseline with the piece
-    planes zeroed (``("baseline", "board")``); LRP is LRP-epsilon with batch norms merged into the convs.
+    planes zeroed (``("baseline", "board")``); LRP is LRP-epsilon with batch norms merged into the convs and the
+    residual blocks and SE units handled by :func:`lrp_composite`.
     """
-    from rlhook.attribution import MergeBatchNorm
 
     x = td.select("board", "legal", "black").clone()
     x["best_move"] = best_moves(net, x)
@@ -259,7 +292,12 @@ def explain(
     factories = {
         "saliency": lambda: Saliency(_Targets(), inputs=["board"]),
         "ig": lambda: IntegratedGradients(_Targets(), inputs=["board"], n_steps=ig_steps, delta=False),
-        "lrp": lambda: LRP(_Targets(), inputs=["board"], canonizers=[MergeBatchNorm(_bn_pairs(net))]),
+        "lrp": lambda: LRP(
+            _Targets(),
+            inputs=["board"],
+            composite=lrp_composite(net),
+            canonizers=[MergeBatchNorm(_bn_pairs(net))],
+        ),
     }
     result: dict[str, dict[str, torch.Tensor]] = {}
     for method in methods:

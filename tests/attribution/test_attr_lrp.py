@@ -315,6 +315,35 @@ def test_residual_additions_conserve_relevance() -> None:
     assert rlhook.hook_count(plain) == 0 and rlhook.hook_count(summed) == 0
 
 
+class SplitBlock(nn.Module):
+    """The same block with its branch written as three sibling modules (as lc0's conv1 -> conv2 -> se)."""
+
+    def __init__(self, block: Block) -> None:
+        super().__init__()
+        self.first, self.act, self.second = block.body
+
+    def forward(self, x):
+        return x + self.second(self.act(self.first(x)))
+
+
+def test_residual_branch_given_as_a_sequence_of_modules() -> None:
+    x = torch.randn(5, 6, dtype=DT)
+    target = lambda o: o["output"][..., 1]  # noqa: E731
+    whole = _res_model(False)
+    split = _res_model(False)
+    split[1] = SplitBlock(split[1])
+    rule = dict(rule=Epsilon(1e-12))
+    ref = Composite(names={"1": Residual("body", eps=1e-12)}, **rule)
+    seq = Composite(names={"1": Residual(["first", "act", "second"], eps=1e-12)}, **rule)
+    with LRP(target, composite=ref).prepare(whole) as hooked:
+        a = hooked(TensorDict({"input": x}, [5]))["attr", "input"]
+    with LRP(target, composite=seq).prepare(split) as hooked:
+        b = hooked(TensorDict({"input": x}, [5]))["attr", "input"]
+    torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(b.sum(-1), split(x)[:, 1].detach(), rtol=1e-6, atol=1e-9)
+    assert rlhook.hook_count(split) == 0
+
+
 def test_layer_relevance_and_errors() -> None:
     torch.manual_seed(14)
     model = _zero_bias(MLP().to(DT))

@@ -23,6 +23,8 @@ Rules are linear in ``R``. Multi-input modules (``Sum``, a module adding two ten
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -213,17 +215,21 @@ class Residual(Rule):
     """For a residual block ``y = skip(x) + branch(x)`` (optionally followed by an element-wise activation,
     treated as ``Pass``): split the block's relevance between the two summands in proportion to their
     values (``R_s = s * R / stab(s + b)``), then send each share back through its own path, where the rules
-    of the modules inside apply. ``branch`` and ``skip`` are submodules of the block (``skip=None``: the
-    identity). Map it by name to the block, e.g. ``Composite(names={"blocks.0": Residual("body")})``.
+    of the modules inside apply. ``branch`` and ``skip`` name submodules of the block (``skip=None``: the
+    identity); a sequence of names is applied in order (``("conv1", "conv2", "se")`` for a block whose
+    branch is not one module). Map it by name to the block, e.g.
+    ``Composite(names={"blocks.0": Residual("body")})``.
     """
 
-    def __init__(self, branch: str, skip: str | None = None, eps: float = 1e-6) -> None:
-        self.branch, self.skip, self.eps = branch, skip, eps
+    def __init__(self, branch: str | Sequence[str], skip: str | None = None, eps: float = 1e-6) -> None:
+        self.branch = (branch,) if isinstance(branch, str) else tuple(branch)
+        self.skip, self.eps = skip, eps
 
     def relevance(self, module, inputs, relevance):
         x = inputs[0].detach().requires_grad_(True)
-        branch = module.get_submodule(self.branch)
-        zb = branch(x)
+        zb = x
+        for name in self.branch:
+            zb = module.get_submodule(name)(zb)
         zs = module.get_submodule(self.skip)(x) if self.skip is not None else x
         if zb.shape != relevance.shape or zs.shape != relevance.shape:
             raise ValueError(
