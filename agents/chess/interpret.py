@@ -457,13 +457,20 @@ def probe_concepts(
     """Fit and score linear probes of each concept on each model's layer activations with ``Probing``.
 
     ``activations[model][layer]``: ``(N, C, 8, 8)``; the first ``n_train`` rows train, the rest test.
-    ``labels[concept]``: ``(N,)``. Regression concepts use ``RidgeProbe(alpha)`` (test R^2), binary ones a
+    ``labels[concept]``: ``(N,)``; ``concepts`` defaults to those of :data:`CONCEPTS` found in ``labels``.
+    Regression concepts use ``RidgeProbe(alpha)`` (test R^2), binary ones a
     ``LogisticProbe(C)`` fitted on a class-balanced subsample (test balanced accuracy). Features, per task
     (``features``, default ``{"regression": "pooled", "classification": "flat"}``): the standardised flattened
     activation (``"flat"``) or the per-channel max and mean over the board (``"pooled"``: board-wide counts such
     as material are sums over squares). ``control`` adds Probing's shuffled-label probe.
     """
-    concepts = list(concepts or CONCEPTS)
+    concepts = list(concepts or [c for c in CONCEPTS if c in labels])
+    unknown = [c for c in concepts if c not in CONCEPTS or c not in labels]
+    if unknown or not concepts:
+        raise ValueError(
+            f"no labels or no such concept for {unknown or 'any concept'}: concepts are {list(CONCEPTS)}, "
+            f"labels given for {list(labels)}"
+        )
     features = {"regression": "pooled", "classification": "flat", **(features or {})}
     cache: dict[str, dict] = {}
     results: dict[str, ProbeResult] = {}
