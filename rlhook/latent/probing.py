@@ -250,8 +250,8 @@ class LogisticProbe:
             )
         n, d = X.shape
         out = 1 if k == 2 else k
-        W = torch.zeros(d, out, dtype=X.dtype, device=X.device, requires_grad=True)
-        b = torch.zeros(out, dtype=X.dtype, device=X.device, requires_grad=True)
+        W = torch.zeros(d, out, dtype=X.dtype, device=X.device)
+        b = torch.zeros(out, dtype=X.dtype, device=X.device)
         params = [W, b] if self.fit_intercept else [W]
         lam = 1.0 / (self.C * n)  # mean-loss form of the same objective (better conditioned)
         target = idx.to(X.dtype) if k == 2 else idx
@@ -265,19 +265,29 @@ class LogisticProbe:
             line_search_fn="strong_wolfe",
         )
 
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            z = X @ W + b if self.fit_intercept else X @ W
+        rows = torch.arange(n, device=X.device)
+        tiny = torch.finfo(X.dtype).tiny * 1e3
+
+        def closure() -> torch.Tensor:  # mean loss and its gradient, by hand
+            z = torch.addmm(b, X, W) if self.fit_intercept else X @ W
             if k == 2:
                 loss = nn.functional.binary_cross_entropy_with_logits(z[:, 0], target)
+                g = (torch.sigmoid(z) - target[:, None]) / n
             else:
-                loss = nn.functional.cross_entropy(z, target)
-            loss = loss + 0.5 * lam * (W * W).sum()
-            loss.backward()
-            return loss
+                logp = z.log_softmax(-1)
+                loss = nn.functional.nll_loss(logp, target)
+                g = logp.exp_()
+                g[rows, target] -= 1
+                g /= n
+            # near-zero entries of saturated probabilities would be denormal floats, which make the
+            # gradient's matrix product ~10x slower on CPUs; they contribute nothing
+            g.masked_fill_(g.abs() < tiny, 0.0)
+            W.grad = (g.T @ X).T.contiguous().add_(W, alpha=lam)  # g^T X: the faster product here
+            if self.fit_intercept:
+                b.grad = g.sum(0)
+            return loss + 0.5 * lam * (W * W).sum()
 
-        with torch.enable_grad():
-            opt.step(closure)
+        opt.step(closure)
         self.coef_, self.intercept_ = W.detach(), b.detach()
         self.n_iter_ = opt.state[W].get("n_iter", 0)
         return self
