@@ -187,6 +187,38 @@ def test_net_plays_through_torchrl_chess_env():
         assert board.fen() == rollout["next", "fen"][t]
 
 
+def test_collector_gathers_self_play_with_recorded_activations():
+    """A TorchRL ``Collector`` plays the net (sampling, seeded) through ``ChessEnv`` with rlhook's ``Recorder``:
+    every frame carries block 3's activations and the value head's conv output, equal to a separate forward
+    on the frame's planes, and the moves are legal in the frame's FEN. ``ChessEnv`` frames are unbatched and
+    the net adds a batch dim of its own, so each frame records ``(1, 32, 8, 8)``."""
+    pytest.importorskip("torchrl")
+    from torchrl.collectors import Collector
+
+    from envs.chess.env import make_chess_env, make_leela_policy
+    from rlhook import hook_count
+    from rlhook.latent import ActivationCaching
+    from rlhook.rl import Recorder
+
+    net = load_checkpoint(FINAL)
+    policy = Recorder(make_leela_policy(net, temperature=1.0, seed=0), ["module.0.block3", "module.0.value"])
+    collector = Collector(make_chess_env(), policy, frames_per_batch=12, total_frames=24)
+    batches = [b.clone() for b in collector]
+    collector.shutdown()
+    assert len(batches) == 2 and hook_count(net) == 0
+    for batch in batches:
+        block3, value = batch["rlhook", "module.0.block3"], batch["rlhook", "module.0.value"]
+        assert block3.shape == (12, 1, 32, 8, 8) and value.shape == (12, 1, 32, 8, 8)
+        block3, value = block3.squeeze(1), value.squeeze(1)
+        with ActivationCaching(["block3", "value"]).prepare(net) as hooked:
+            ref = hooked(TensorDict({"board": batch["board"]}, [12]))
+        torch.testing.assert_close(block3, ref["cache", "block3"])
+        torch.testing.assert_close(value, ref["cache", "value"])
+        for t in range(12):
+            board = chess.Board(batch["fen"][t])
+            assert legal_move_mask(board)[int(batch["move_index"][t])]
+
+
 def test_teacher_shortcuts_match_python_chess():
     """The teacher's cheap check filter and push-free gains agree with python-chess on many positions."""
     from agents.chess.teacher import PIECE_VALUES, _may_check, mating_moves

@@ -57,7 +57,9 @@ class Recorder(TensorDictModuleBase):
         prefix: key prefix of the recorded activations (default ``("rlhook",)``).
 
     Reads the policy's ``in_keys``; writes its ``out_keys`` plus ``(*prefix, name)`` for each recorded module,
-    shaped like the TensorDict's batch plus the activation's own dims.
+    shaped like the TensorDict's batch plus the activation's own dims. A policy that flattens several batch
+    dims into one is unflattened; one that adds a leading dim of its own to an unbatched frame (a conv net fed
+    one ``(C, H, W)`` board) keeps it: ``(1, C', H', W')`` per frame.
     """
 
     def __init__(
@@ -98,6 +100,9 @@ class Recorder(TensorDictModuleBase):
                     f"Recorder: module {name!r} ran under torch.vmap; its activation cannot leave the vmapped "
                     "call. Record outside vmap (e.g. GAE(..., deactivate_vmap=True))"
                 )
+            batch = out.batch_size
+            if len(batch) > 1 and value.shape[: len(batch)] != batch and value.shape[:1] == (batch.numel(),):
+                value = value.reshape(*batch, *value.shape[1:])  # the policy flattened the batch dims
             out.set(self.key(name), value.detach())
         return out
 

@@ -85,3 +85,26 @@ def test_multisync_collector_spawned_workers(actor):
     collector.shutdown()
     assert batch.batch_size == (2, 10)
     check(batch, actor)
+
+
+def test_flattened_batch_dims_are_restored():
+    """A policy that folds a (3, 4) batch into 12 rows (as conv nets do) records (3, 4, ...) again; an
+    unbatched frame keeps the leading dim the policy added."""
+    from tensordict import TensorDict
+    from tensordict.nn import TensorDictModule
+
+    class Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.lin(x.reshape(-1, 5)).reshape(*x.shape[:-1], 2)
+
+    policy = TensorDictModule(Flat(), ["x"], ["y"])
+    rec = Recorder(policy, "module.lin")
+    out = rec(TensorDict({"x": torch.randn(3, 4, 5)}, [3, 4]))
+    assert out["rlhook", "module.lin"].shape == (3, 4, 2)
+    torch.testing.assert_close(out["rlhook", "module.lin"], out["y"])
+    single = rec(TensorDict({"x": torch.randn(5)}, []))
+    assert single["rlhook", "module.lin"].shape == (1, 2)
