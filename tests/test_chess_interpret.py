@@ -376,3 +376,15 @@ def test_lrp_composite_conserves_relevance_through_the_tower(data, se):
         torch.testing.assert_close(out["attr", "board"].sum((1, 2, 3)) - logit, out["attr_delta"])
     assert gaps["ours"] < 1e-8 and gaps["plain"] > 0.05, gaps
     assert hook_count(net) == 0
+
+
+def test_probe_concepts_names_missing_labels(data):
+    acts = {"trained": {"block0": data["acts"]["trained"]["block0"][:50]}}
+    with pytest.raises(
+        ValueError, match=r"no labels or no such concept for \['mobility'\].*labels given for \['material'\]"
+    ):
+        probe_concepts(acts, {"material": data["td"]["concept", "material"][:50]}, 30, concepts=["mobility"])
+    with pytest.raises(ValueError, match="concepts are"):
+        probe_concepts(acts, {"nonsense": torch.zeros(50)}, 30)
+    res = probe_concepts(acts, {"material": data["td"]["concept", "material"][:50]}, 30, control=False)
+    assert list(res) == ["material"]  # default: the concepts that have labels
