@@ -241,7 +241,7 @@ class LogisticProbe:
     def fit(self, X: torch.Tensor, y: torch.Tensor) -> LogisticProbe:
         if X.dim() != 2 or len(X) != len(y):
             raise ValueError(f"X must be (N, d) and y (N,); got {tuple(X.shape)} and {tuple(y.shape)}")
-        X = X if X.is_floating_point() else X.double()
+        X = (X if X.is_floating_point() else X.double()).detach()
         self.classes_, idx = torch.unique(y.reshape(-1), return_inverse=True)
         k = len(self.classes_)
         if k < 2:
