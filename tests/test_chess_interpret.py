@@ -33,13 +33,7 @@ from agents.chess.interpret import (  # noqa: E402
 N, N_TRAIN, SEED = 2400, 1600, 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions run far faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

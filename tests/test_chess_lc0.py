@@ -16,13 +16,7 @@ from envs.chess.moves import POLICY_INDEX, conv_flat_index
 FINAL = Path(__file__).resolve().parents[1] / "agents" / "chess" / "checkpoints" / "leela_6x32_final.pt"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions run far faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_net(seed: int = 0, **config) -> LeelaNet:

@@ -22,13 +22,7 @@ FINAL = CHECKPOINTS / "leela_6x32_final.pt"
 STEPS = ("step450", "step900", "step1350", "final")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions run far faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

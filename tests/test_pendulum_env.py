@@ -16,14 +16,7 @@ from torchrl.envs import ExplorationType, set_exploration_type  # noqa: E402
 from agents.pendulum import nets  # noqa: E402
 from envs import pendulum as P  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matmuls: with 2 intra-op threads on a busy 2-core machine a 1000-step rollout is ~6x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STATS = {"loc": torch.linspace(-0.5, 0.5, 9), "scale": torch.linspace(0.5, 2.0, 9)}

@@ -47,13 +47,3 @@ def check_lifecycle(method, model: nn.Module, td, **prepare_kwargs) -> None:
     except Boom:
         pass
     assert_unchanged(model, before)
-
-
-def one_thread():
-    """Generator for an autouse fixture: small ops on 2 busy cores run far faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)

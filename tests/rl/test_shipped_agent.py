@@ -19,12 +19,7 @@ from rlhook.rl import TrainingProbes, paired_rollouts  # noqa: E402
 TIP_Y_R2 = 0.9  # stated threshold; measured 0.956 (actor act1) and 0.966 (critic act1) on this seed
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

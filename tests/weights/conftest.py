@@ -1,8 +1,6 @@
 import pytest
 
-from tests.latent.helpers import one_thread
-
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    yield from one_thread()
+def _one_thread(one_thread):
+    """Every test in this folder runs on one thread (``one_thread`` in tests/conftest.py)."""
