@@ -204,6 +204,14 @@ class _Distribution:
         return f"dist_class={self.dist_class.__name__}, dist_keys={self.dist_keys!r}"
 
 
+def _seeded_draws(dist: torch.distributions.Distribution, n: int, seed: int) -> torch.Tensor:
+    """``n`` reparameterised draws from a fixed seed (the global RNG is left as it was), for Monte-Carlo
+    estimates that agree across repeated evaluations."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return dist.rsample((n,))
+
+
 def _taken_action(out: TensorDictBase, key: NestedKey) -> torch.Tensor:
     action = get_key(out, key, what="action")
     if isinstance(action, torch.Tensor) and action.grad_fn is not None:
@@ -316,9 +324,7 @@ class Entropy(_Distribution):
             pass
         if not dist.has_rsample:
             raise TypeError(f"{type(dist).__name__} has neither a closed-form entropy nor rsample()")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            samples = dist.rsample((self.n_samples,))
+        samples = _seeded_draws(dist, self.n_samples, self.seed)
         return -dist.log_prob(samples).mean(0)
 
     def __repr__(self) -> str:
@@ -403,9 +409,7 @@ class KLToReference(_Distribution):
             return torch.distributions.kl_divergence(dist, ref)
         except NotImplementedError:
             pass
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            samples = dist.rsample((self.n_samples,))
+        samples = _seeded_draws(dist, self.n_samples, self.seed)
         return (dist.log_prob(samples) - ref.log_prob(samples)).mean(0)
 
     def __repr__(self) -> str:
