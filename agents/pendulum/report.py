@@ -146,19 +146,25 @@ def loss_attributions(out: Path, actor, critic, obs_stats) -> dict[str, Any]:
     return {"figure": str(png), "observation_share": per_term.tolist(), "grad_norms_per_layer": norms}
 
 
-def steering(out: Path, actor, obs_stats, scales=(5.0, 15.0, 25.0, 40.0), seeds=range(3)) -> dict[str, Any]:
-    """v = mean hidden activation where the policy pushes right minus where it pushes left, added at
-    ``STEER_LAYER`` with growing scales; each scale is measured on paired seeds against the unmodified agent."""
-    ep = episode(actor, obs_stats, seed=11)
+def push_contrast(ep: TensorDictBase) -> TensorDict:
+    """``("positive" | "negative", "observation")`` pairs from an episode: steps where the policy pushes
+    right vs left (as many of each), the contrast ``ActivationAddition`` averages into a steering vector."""
     right, left = ep[ep["action"][:, 0] > 0], ep[ep["action"][:, 0] <= 0]
     n = min(len(right), len(left))
-    contrast = TensorDict(
+    return TensorDict(
         {
             ("positive", "observation"): right["observation"][:n],
             ("negative", "observation"): left["observation"][:n],
         },
         batch_size=[n],
     )
+
+
+def steering(out: Path, actor, obs_stats, scales=(5.0, 15.0, 25.0, 40.0), seeds=range(3)) -> dict[str, Any]:
+    """v = mean hidden activation where the policy pushes right minus where it pushes left, added at
+    ``STEER_LAYER`` with growing scales; each scale is measured on paired seeds against the unmodified agent."""
+    ep = episode(actor, obs_stats, seed=11)
+    contrast = push_contrast(ep)
     method = ActivationAddition(STEER_LAYER)
     with method.prepare(actor) as hooked:
         hooked(contrast)

@@ -7,10 +7,10 @@ import torch
 pytest.importorskip("torchrl")
 pytest.importorskip("mujoco")
 
-from tensordict import TensorDict  # noqa: E402
 from torchrl.collectors import Collector  # noqa: E402
 
 from agents.pendulum.nets import load_agent  # noqa: E402
+from agents.pendulum.report import push_contrast  # noqa: E402
 from envs.pendulum import make_env  # noqa: E402
 from rlhook import hook_count  # noqa: E402
 from rlhook.latent import ActivationAddition, SteeringVectors  # noqa: E402
@@ -47,15 +47,7 @@ def test_steering_changes_return_with_paired_seeds(agent):
     actor, _, stats = agent
     with torch.no_grad():
         ep = make_env(seed=11, obs_stats=stats).rollout(300, actor)
-    right, left = ep[ep["action"][:, 0] > 0], ep[ep["action"][:, 0] <= 0]
-    n = min(len(right), len(left))
-    contrast = TensorDict(
-        {
-            ("positive", "observation"): right["observation"][:n],
-            ("negative", "observation"): left["observation"][:n],
-        },
-        batch_size=[n],
-    )
+    contrast = push_contrast(ep)
     method = ActivationAddition("module.0.module.act1")
     with method.prepare(actor) as hooked:
         hooked(contrast)
