@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -89,12 +88,11 @@ def _dataset_part(args: tuple[int, int, dict]) -> dict[str, np.ndarray]:
     labels, depth = options.pop("labels", "teacher"), options.pop("depth", 8)
     if labels not in LABELS:
         raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
-    with ExitStack() as stack:
-        engine = None
-        if labels == "stockfish":
-            from agents.chess.stockfish import StockfishLabeller
+    if labels == "teacher":
+        return _label_rows(n, seed, options, None)
+    from agents.chess.stockfish import StockfishLabeller
 
-            engine = stack.enter_context(StockfishLabeller(depth))
+    with StockfishLabeller(depth) as engine:
         return _label_rows(n, seed, options, engine)
 
 
