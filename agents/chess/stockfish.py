@@ -61,7 +61,11 @@ class StockfishLabeller:
         import chess.engine
 
         self._engine = chess.engine.SimpleEngine.popen_uci(self.path)
-        self._engine.configure({"Threads": 1, "Hash": self.hash_mb})
+        try:
+            self._engine.configure({"Threads": 1, "Hash": self.hash_mb})
+        except BaseException:  # __exit__ does not run when __enter__ fails: close the process here
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
