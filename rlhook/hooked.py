@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -12,31 +12,13 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import nn
 
+from rlhook.keys import MissingKeyError, get_key
 from rlhook.paths import Path, resolve, resolve_one
-
-if TYPE_CHECKING:
-    from rlhook.run import Run
+from rlhook.run import Run
 
 __all__ = ["HookedModule", "MissingKeyError", "get_key"]
 
 _DEFAULT_OUT = ("output",)
-_MISSING = object()
-
-
-class MissingKeyError(KeyError):
-    """A missing TensorDict key; the message lists the keys that exist."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-def get_key(td: TensorDictBase, key: NestedKey, what: str = "input") -> Any:
-    """``td[key]`` with an error that lists the keys that exist."""
-    value = td.get(key, _MISSING)
-    if value is _MISSING:
-        keys = sorted(str(k) for k in td.keys(include_nested=True, leaves_only=True))
-        raise MissingKeyError(f"{what} key {key!r} is not in the TensorDict; its keys are {keys}")
-    return value
 
 
 class HookedModule(TensorDictModuleBase):
@@ -63,8 +45,10 @@ class HookedModule(TensorDictModuleBase):
         out_keys: Sequence[NestedKey] | Mapping[str | int, NestedKey] | None = None,
     ) -> None:
         super().__init__()
+        default_out = out_keys is None
         if isinstance(model, HookedModule):
             in_keys = model._in_spec if in_keys is None else in_keys
+            default_out = default_out and model._default_out
             out_keys = model._out_spec if out_keys is None else out_keys
             model = model.model
         if not isinstance(model, nn.Module):
@@ -78,7 +62,7 @@ class HookedModule(TensorDictModuleBase):
             out_keys = list(model.out_keys) if out_keys is None else out_keys
         self._in_spec = ["input"] if in_keys is None else in_keys
         self._out_spec = list(_DEFAULT_OUT) if out_keys is None else out_keys
-        self._default_out = out_keys is None
+        self._default_out = default_out and not self.is_td_module
         for spec, name in ((self._in_spec, "in_keys"), (self._out_spec, "out_keys")):
             if isinstance(spec, str | tuple):
                 raise TypeError(
@@ -97,10 +81,12 @@ class HookedModule(TensorDictModuleBase):
 
     # -- paths ---------------------------------------------------------------------------------------------
     def resolve(self, path: Path | Sequence[Path]) -> list[tuple[str, nn.Module]]:
-        """``[(name, module)]`` for a path (or paths) relative to the wrapped model."""
+        """``[(name, module)]`` for a path (or paths) relative to the wrapped model (an element suffix such
+        as ``"lstm@0"`` stays on the name)."""
         return resolve(self.model, path)
 
     def resolve_one(self, path: Path) -> tuple[str, nn.Module]:
+        """``(name, module)`` for a path that must name exactly one module."""
         return resolve_one(self.model, path)
 
     # -- calling ---------------------------------------------------------------------------------------------
@@ -173,8 +159,8 @@ class HookedModule(TensorDictModuleBase):
         ...     run.set("layers.4", lambda output: torch.zeros_like(output))
         >>> run.output["output"], h.resolve()
         """
-        from rlhook.run import Run
-
+        if not isinstance(td, TensorDictBase):
+            raise TypeError(f"a HookedModule is called with a TensorDict, got {type(td).__name__}")
         return Run(self, td)
 
     def extra_repr(self) -> str:

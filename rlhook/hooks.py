@@ -41,9 +41,19 @@ class Hooks:
     def __len__(self) -> int:
         return len(self._handles)
 
-    def _keep(self, handle: RemovableHandle) -> RemovableHandle:
+    def _keep(self, handle: Any) -> Any:
         self._handles.append(handle)
         return handle
+
+    def undo(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` on exit, in reverse order with the hook removals (for edits such as canonizers)."""
+        self._keep(_Undo(fn))
+
+    def setattr(self, obj: object, name: str, value: object) -> None:
+        """Set ``obj.name = value`` now and put the old value back on exit (e.g. ``inplace`` flags)."""
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        self.undo(lambda: setattr(obj, name, old))
 
     def forward(
         self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
@@ -86,6 +96,18 @@ class Hooks:
                 error = error or exc
         if error is not None:
             raise error
+
+
+class _Undo:
+    """A handle-like object: ``remove()`` runs ``fn`` once."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn: Callable[[], None] | None = fn
+
+    def remove(self) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn()
 
 
 def hook_count(module: nn.Module) -> int:

@@ -3,14 +3,25 @@
 >>> with IntegratedGradients(target="state_value").prepare(critic) as hooked:
 ...     td = hooked(td)                   # performs the method, writes its products into td
 
+A method object holds configuration only; everything tied to one model (resolved paths, long-lived hooks,
+stores) lives in the ``Prepared`` module that ``prepare`` yields (``prepared.state``), so one configured
+method can be prepared on two models at once, nested, reused after an error, and pickled.
+
 On exit the model is exactly as before: no hook of ours remains, ``training`` flags and ``requires_grad``
 flags are restored, and methods that edit weights restore them bitwise.
+
+Writing a method: subclass ``Method``, declare the product keys in ``keys`` (``{role: default key}``),
+resolve paths in ``setup(hooked, hooks)`` into ``hooked.state``, and in ``apply(hooked, td)`` capture or
+replace module values through ``hooked.run(td)`` and write products at ``self.key(role, ...)``.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import torch
 from tensordict import TensorDictBase
@@ -19,8 +30,21 @@ from torch import nn
 
 from rlhook.hooked import HookedModule
 from rlhook.hooks import Hooks
+from rlhook.keys import join
 
-__all__ = ["Method", "Prepared", "ModelState"]
+__all__ = ["Method", "Prepared", "ModelState", "check_count"]
+
+
+def check_count(name: str, value: Any, *, optional: bool = False, maximum: int | None = None) -> None:
+    """Raise a clear ``ValueError``/``TypeError`` unless ``value`` is a positive int (at most ``maximum``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value} is more than the supported {maximum}")
 
 
 class ModelState:
@@ -43,22 +67,65 @@ class ModelState:
 
 
 class Prepared(HookedModule):
-    """The hooked module a ``Method.prepare`` yields; calling it performs the method."""
+    """The hooked module a ``Method.prepare`` yields; calling it performs the method.
+
+    ``state`` holds what the method resolved for this model in ``setup``; ``hooks`` the hooks that last for
+    the ``prepare`` block. The input contract is enforced here, once for every method: a TensorDict (not a
+    tensor), and an unbatched (0-d) TensorDict is treated as a batch of one, its products written back
+    unbatched.
+    """
 
     def __init__(self, method: Method, hooked: HookedModule, hooks: Hooks) -> None:
         super().__init__(hooked)
         self.method, self.hooks = method, hooks
+        self.state = SimpleNamespace()
 
     def forward(self, td: TensorDictBase) -> TensorDictBase:
-        return self.method._apply(self, td)
+        if not isinstance(td, TensorDictBase):
+            raise TypeError(
+                f"a prepared {type(self.method).__name__} is called with a TensorDict, got {type(td).__name__}: "
+                "wrap tensors as TensorDict({'input': x}, batch_size=[len(x)])"
+            )
+        if td.batch_dims > 0:
+            return self.method.apply(self, td)
+        out = self.method.apply(self, td.unsqueeze(0))
+        for key in out.keys(include_nested=True, leaves_only=True):
+            value = out.get(key)
+            td.set(key, value[0] if isinstance(value, torch.Tensor) and value.dim() else value)
+        return td
 
 
 class Method:
-    """Base class. Subclasses implement ``_apply(hooked, td) -> td`` and, for hooks that live as long as the
-    prepared module (LRP rules, steering, recorders), ``_setup(hooked, hooks)``. ``edits_weights = True``
-    makes ``prepare`` snapshot the weights and restore them bitwise."""
+    """Base class of every method (see the module docstring for how to write one).
 
-    edits_weights: bool = False
+    ``keys`` maps each product *role* to its default TensorDict key; ``set_keys(role=key)`` renames them
+    (as TorchRL's losses do) and ``key(role, *suffix)`` builds the nested key a product is written at.
+    ``edits_weights = True`` makes ``prepare`` snapshot the weights and restore them bitwise.
+    """
+
+    keys: ClassVar[Mapping[str, NestedKey]] = {}
+    edits_weights: ClassVar[bool] = False
+
+    def set_keys(self, **roles: NestedKey) -> Method:
+        """Rename product keys by role (e.g. ``set_keys(attr="ig", delta="ig_delta")``); returns ``self``."""
+        unknown = sorted(set(roles) - set(type(self).keys))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} has no key role(s) {unknown}; its roles are {sorted(type(self).keys)}"
+            )
+        self._keys = {**self.key_map(), **roles}
+        return self
+
+    def key_map(self) -> dict[str, NestedKey]:
+        """``{role: key}`` as configured."""
+        return dict(self.__dict__.get("_keys") or type(self).keys)
+
+    def key(self, role: str, *suffix: NestedKey | None) -> NestedKey:
+        """The key of the product ``role`` with ``suffix`` appended (``None`` parts are skipped)."""
+        keys = self.__dict__.get("_keys") or type(self).keys
+        if role not in keys:
+            raise KeyError(f"{type(self).__name__} declares no key role {role!r}; it has {sorted(keys)}")
+        return join(keys[role], *(s for s in suffix if s is not None))
 
     @contextmanager
     def prepare(
@@ -73,15 +140,16 @@ class Method:
         try:
             with Hooks() as hooks:
                 prepared = Prepared(self, hooked, hooks)
-                self._setup(prepared, hooks)
+                self.setup(prepared, hooks)
                 yield prepared
         finally:
             state.restore()
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        """Install hooks that last for the whole ``prepare`` block (none by default)."""
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        """Resolve paths into ``hooked.state`` and install hooks that last for the ``prepare`` block."""
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        """Perform the method on ``td`` (batch dims >= 1) and write its products into it."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

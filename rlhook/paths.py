@@ -8,6 +8,9 @@ A *path* is one of
   valid dotted path of the model is tried as a regex; ``re.Pattern`` objects always are);
 - the ``nn.Module`` object itself.
 
+A string path may end in an *element*, ``"lstm@1.0"``: the part of a structured output it means (see
+``rlhook.elements``); resolved names keep the suffix.
+
 Paths are relative to the user's model. When that model is a ``TensorDictModule`` the paths of the module
 it wraps work too (``"0"`` as well as ``"module.0"``). Resolution walks ``named_modules`` and never
 evaluates code.
@@ -20,6 +23,8 @@ import re
 from collections.abc import Iterable, Sequence
 
 from torch import nn
+
+from rlhook import elements
 
 __all__ = ["Path", "PathError", "resolve", "resolve_one", "canonical"]
 
@@ -145,6 +150,14 @@ def resolve_one(model: nn.Module, path: Path) -> tuple[str, nn.Module]:
 
 
 def _resolve_single(model: nn.Module, path: Path) -> list[tuple[str, nn.Module]]:
+    base, element = elements.split(path)
+    if element:  # "lstm@1.0": the element names a part of the module's output, kept on the name
+        suffix = elements.describe(element)
+        return [(name + suffix, module) for name, module in _resolve_module(model, base)]
+    return _resolve_module(model, path)
+
+
+def _resolve_module(model: nn.Module, path: Path) -> list[tuple[str, nn.Module]]:
     if isinstance(path, nn.Module):
         return [(canonical(model, path), path)]
     if isinstance(path, re.Pattern):

@@ -1,4 +1,4 @@
-"""The get-set API: declare saves and sets on a ``HookedModule``; the model runs once when the block exits.
+"""The get-set API, and the one capture path every method uses.
 
 >>> with hooked.run(td) as run:
 ...     h = run.save("layers.2")
@@ -7,91 +7,46 @@
 
 Declarations apply in the order they are made: a ``save`` declared after a ``set`` on the same module sees
 the new value. A module called several times keeps every call; ``resolve()`` returns the last one unless
-``call=`` picks another.
+``call=`` picks another. A path may name an element of a structured output (``"lstm@0"``, see
+``rlhook.elements``); ``set`` writes the element back into the structure.
+
+Where a method needs a module it has already resolved, it passes the ``(name, module)`` pair that
+``HookedModule.resolve`` returns instead of a path (a *site*), so no path is resolved twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tensordict import TensorDictBase
 from torch import nn
 
+from rlhook import elements
 from rlhook.hooks import Hooks
 from rlhook.paths import Path
+from rlhook.proxy import Proxy, ProxyError
 from rlhook.targets import Target, evaluate
 
 if TYPE_CHECKING:
     from rlhook.hooked import HookedModule
 
-__all__ = ["Run", "Proxy", "ProxyError"]
+__all__ = ["Run", "Site", "Value", "grad_inputs", "unflatten"]
 
+#: a module already resolved by ``HookedModule.resolve``: ``(name, module)``; the name may end in an element
+Site = tuple[str, nn.Module]
 Value = "torch.Tensor | Callable[[Any], Any] | Proxy"
-
-
-class ProxyError(RuntimeError):
-    """A proxy resolved before its run executed, or whose module never fired."""
 
 
 class _Stop(Exception):
     """Raised by a ``stop`` hook to cut the forward short."""
 
 
-class Proxy:
-    """A value that a run will produce: ``resolve()`` it after the ``with`` block."""
-
-    def __init__(self, run: Run, name: str, what: str, call: int = -1) -> None:
-        self._run, self.name, self.what, self.call = run, name, what, call
-        self._values: list[Any] = []
-
-    def _record(self, value: Any) -> None:
-        self._values.append(value)
-
-    def _current(self) -> Any:
-        if not self._values:
-            raise ProxyError(
-                f"{self.what} of {self.name!r} is used before that module ran in the forward; "
-                "a proxy can only feed a module that runs after its source"
-            )
-        return (
-            self._values[self.call]
-            if -len(self._values) <= self.call < len(self._values)
-            else self._values[-1]
-        )
-
-    def resolve(self) -> Any:
-        """The saved value. Raises ``ProxyError`` before the run or if the module never fired."""
-        if not self._run.done:
-            raise ProxyError(
-                f"{self.what} of {self.name!r} was resolved before the run executed; call resolve() after the "
-                "`with hooked.run(td) as run:` block has exited"
-            )
-        if not self._values:
-            why = " (the forward was stopped before it)" if self._run.stopped else ""
-            raise ProxyError(
-                f"{self.what} of {self.name!r} never fired during the run{why}: the module was not called by the "
-                "forward (unused, called functionally, or skipped)"
-            )
-        if not -len(self._values) <= self.call < len(self._values):
-            raise ProxyError(
-                f"{self.name!r} ran {len(self._values)} time(s); call={self.call} does not exist"
-            )
-        return self._values[self.call]
-
-    @property
-    def value(self) -> Any:
-        return self.resolve()
-
-    def __repr__(self) -> str:
-        state = "resolved" if self._run.done and self._values else "pending"
-        return f"Proxy({self.what} of {self.name!r}, {state})"
-
-
-def _replace(value: Value, current: Any, where: str) -> Any:
+def _new_value(value: Value, current: Any, where: str) -> Any:
     if isinstance(value, Proxy):
-        new = value._current()
+        new = value.current()
     elif callable(value):
         new = value(current)
     else:
@@ -109,15 +64,43 @@ def _replace(value: Value, current: Any, where: str) -> Any:
     return new
 
 
+def unflatten(value: Any, batch: torch.Size) -> Any:
+    """An activation whose leading dim is the flattened ``batch`` reshaped back to ``batch + rest``."""
+    if (
+        isinstance(value, torch.Tensor)
+        and len(batch) > 1
+        and value.dim() >= 1
+        and value.shape[0] == math.prod(batch)
+        and value.shape[: len(batch)] != batch
+    ):
+        return value.reshape(*batch, *value.shape[1:])
+    return value
+
+
+def grad_inputs(td: TensorDictBase, keys: list) -> TensorDictBase:
+    """A shallow copy of ``td`` whose floating inputs at ``keys`` are fresh leaves that require grad."""
+    td = td.copy()
+    for key in keys:
+        value = td.get(key, None)
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
+            td.set(key, value.detach().requires_grad_(True))
+    return td
+
+
 class Run:
-    """Declarations for one forward of a ``HookedModule`` (see the module docstring)."""
+    """Declarations for one forward of a ``HookedModule`` (see the module docstring).
+
+    ``hooked.run(td)`` makes one; the forward runs when its ``with`` block exits without an error (or on
+    ``execute()``). ``output`` is then the output TensorDict.
+    """
 
     def __init__(self, hooked: HookedModule, td: TensorDictBase) -> None:
         self.hooked, self.td = hooked, td
-        self._ops: list[tuple[str, nn.Module, Callable[[Hooks], None]]] = []
+        self._ops: list[tuple[str, nn.Module, Callable[..., Any]]] = []
         self._grad_saves: list[tuple[Proxy, Proxy]] = []  # (grad proxy, activation proxy)
         self._needs_grad = False
         self._target: Target | None = None
+        self._hooks: Hooks | None = None
         self.output: TensorDictBase | None = None
         self.done = False
         self.stopped = False
@@ -127,63 +110,86 @@ class Run:
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
         if exc_type is None:
-            self._execute()
+            self.execute()
+
+    def _site(self, path: Path | Site) -> tuple[str, nn.Module, elements.Element]:
+        if isinstance(path, tuple) and len(path) == 2 and isinstance(path[1], nn.Module):
+            name, module = path
+        else:
+            name, module = self.hooked.resolve_one(path)
+        return name, module, elements.split(name)[1]
 
     # -- declarations ----------------------------------------------------------------------------------------
-    def save(self, path: Path, *, call: int = -1, detach: bool = False) -> Proxy:
-        """The output of the module at ``path``."""
-        name, module = self.hooked.resolve_one(path)
+    def save(self, path: Path | Site, *, call: int = -1, detach: bool = False) -> Proxy:
+        """The output (or its element) of the module at ``path``."""
+        name, module, element = self._site(path)
         proxy = Proxy(self, name, "output", call)
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
-            proxy._record(output.detach() if detach and isinstance(output, torch.Tensor) else output)
+            value = elements.select(output, element, f"output of {name!r}")
+            proxy.record(value.detach() if detach and isinstance(value, torch.Tensor) else value)
 
         self._ops.append(("forward", module, hook))
         return proxy
 
-    def save_input(self, path: Path, *, index: int = 0, call: int = -1) -> Proxy:
-        """Positional input ``index`` of the module at ``path``."""
-        name, module = self.hooked.resolve_one(path)
+    def save_input(self, path: Path | Site, *, index: int = 0, call: int = -1) -> Proxy:
+        """Positional input ``index`` (or its element) of the module at ``path``."""
+        name, module, element = self._site(path)
         proxy = Proxy(self, name, f"input {index}", call)
-        self._ops.append(("forward_pre", module, lambda mod, args: proxy._record(args[index])))
+        where = f"input {index} of {name!r}"
+        self._ops.append(
+            (
+                "forward_pre",
+                module,
+                lambda mod, args: proxy.record(elements.select(args[index], element, where)),
+            )
+        )
         return proxy
 
-    def set(self, path: Path, value: Value) -> None:
-        """Replace the module's output by a tensor (broadcast), ``value(output)`` or a proxy's value."""
-        name, module = self.hooked.resolve_one(path)
-        self._ops.append(("forward", module, lambda mod, args, output: _replace(value, output, repr(name))))
+    def set(self, path: Path | Site, value: Value) -> None:
+        """Replace the module's output (or its element) by a tensor (broadcast), ``value(output)`` or a
+        proxy's value."""
+        name, module, element = self._site(path)
+        where = f"output of {name!r}"
 
-    def set_input(self, path: Path, value: Value, *, index: int = 0) -> None:
-        """Replace positional input ``index`` of the module at ``path``."""
-        name, module = self.hooked.resolve_one(path)
+        def hook(mod: nn.Module, args: Any, output: Any) -> Any:
+            current = elements.select(output, element, where)
+            return elements.replace(output, element, _new_value(value, current, repr(name)), where)
+
+        self._ops.append(("forward", module, hook))
+
+    def set_input(self, path: Path | Site, value: Value, *, index: int = 0) -> None:
+        """Replace positional input ``index`` (or its element) of the module at ``path``."""
+        name, module, element = self._site(path)
+        where = f"input {index} of {name!r}"
 
         def hook(mod: nn.Module, args: tuple) -> tuple:
             new = list(args)
-            new[index] = _replace(value, args[index], f"input {index} of {name!r}")
+            current = elements.select(args[index], element, where)
+            new[index] = elements.replace(args[index], element, _new_value(value, current, where), where)
             return tuple(new)
 
         self._ops.append(("forward_pre", module, hook))
 
-    def save_grad(self, path: Path) -> Proxy:
-        """Gradient of the ``backward`` target w.r.t. the output of the module at ``path``."""
-        name, module = self.hooked.resolve_one(path)
-        act = Proxy(self, name, "output", -1)
-        grad = Proxy(self, name, "gradient", -1)
-        self._ops.append(("forward", module, lambda mod, args, output: act._record(output)))
+    def save_grad(self, path: Path | Site) -> Proxy:
+        """Gradient of the ``backward`` target w.r.t. the output (or its element) of the module at ``path``."""
+        act = self.save(path)
+        grad = Proxy(self, act.name, "gradient", -1)
         self._grad_saves.append((grad, act))
         self._needs_grad = True
         return grad
 
-    def set_grad(self, path: Path, value: Value) -> None:
+    def set_grad(self, path: Path | Site, value: Value) -> None:
         """Replace the gradient flowing back out of the module's output (tensor, ``value(grad)`` or proxy)."""
-        name, module = self.hooked.resolve_one(path)
+        name, module, element = self._site(path)
         self._needs_grad = True
         run = self
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            out = elements.select(output, element, f"output of {name!r}")
+            if not isinstance(out, torch.Tensor) or not out.requires_grad:
                 raise RuntimeError(f"set_grad on {name!r}: its output does not take part in the gradient")
-            run._hooks.tensor(output, lambda g: _replace(value, g, f"gradient of {name!r}"))
+            run._hooks.tensor(out, lambda g: _new_value(value, g, f"gradient of {name!r}"))
 
         self._ops.append(("forward", module, hook))
 
@@ -192,17 +198,33 @@ class Run:
         self._target = target
         self._needs_grad = True
 
-    def stop(self, path: Path) -> None:
+    def stop(self, path: Path | Site) -> None:
         """Cut the forward short right after the module at ``path`` has run."""
-        _, module = self.hooked.resolve_one(path)
+        _, module, _ = self._site(path)
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
             raise _Stop
 
         self._ops.append(("forward", module, hook))
 
+    # -- results ---------------------------------------------------------------------------------------------
+    def collect(self, proxies: Mapping[str, Proxy], *, batched: bool = False) -> dict[str, Any]:
+        """``{name: proxy.resolve()}``; one error names every module that never ran. With ``batched``,
+        activations are reshaped to the TensorDict's batch shape (see ``unflatten``)."""
+        missing = [name for name, p in proxies.items() if not p.fired]
+        if missing:
+            raise ProxyError(
+                f"modules {missing} never ran during the forward (unused, called functionally, or skipped); "
+                "check the paths"
+            )
+        values = {name: p.resolve() for name, p in proxies.items()}
+        return {n: unflatten(v, self.td.batch_size) for n, v in values.items()} if batched else values
+
     # -- execution -------------------------------------------------------------------------------------------
-    def _execute(self) -> None:
+    def execute(self) -> TensorDictBase:
+        """Run the forward with every declaration in place (what leaving the ``with`` block does)."""
+        if self.done:
+            raise ProxyError("this run has already executed; start a new one with hooked.run(td)")
         if self._grad_saves and self._target is None:
             raise ProxyError("save_grad needs a target: declare run.backward(target) in the same block")
         td = self.td
@@ -211,7 +233,7 @@ class Run:
             for kind, module, fn in self._ops:
                 getattr(hooks, kind)(module, fn)
             if self._needs_grad:
-                td = _with_grad_inputs(td, self.hooked.in_keys)
+                td = grad_inputs(td, self.hooked.in_keys)
             try:
                 out = self.hooked.model_forward(td)
             except _Stop:
@@ -220,27 +242,21 @@ class Run:
                 if self.stopped:
                     raise ProxyError("a run cannot both stop the forward early and take a backward pass")
                 self._backward(out)
+        self._hooks = None
         self.output = out
         self.done = True
+        return out
 
     def _backward(self, out: TensorDictBase) -> None:
         scores = evaluate(self._target, out)
         total = sum(v.sum() for v in scores.values())
-        acts = [a._current() for _, a in self._grad_saves]
+        acts = [a.current() for _, a in self._grad_saves if a.fired]
         if not total.requires_grad:
             raise RuntimeError("the backward target does not depend on anything that requires grad")
         if not acts:  # set_grad alone changes nothing observable
             return
-        grads = torch.autograd.grad(total, acts, allow_unused=True)
-        for (proxy, act), g in zip(self._grad_saves, grads):
-            proxy._record(torch.zeros_like(act._current()) if g is None else g)
-
-
-def _with_grad_inputs(td: TensorDictBase, keys: list) -> TensorDictBase:
-    """A shallow copy of ``td`` whose floating inputs are fresh leaves that require grad."""
-    td = td.copy()
-    for key in keys:
-        value = td.get(key, None)
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
-            td.set(key, value.detach().requires_grad_(True))
-    return td
+        grads = iter(torch.autograd.grad(total, acts, allow_unused=True))
+        for proxy, act in self._grad_saves:
+            if act.fired:
+                g = next(grads)
+                proxy.record(torch.zeros_like(act.current()) if g is None else g)

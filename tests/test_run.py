@@ -104,7 +104,7 @@ def test_stop_and_unfired(model, td):
         run.stop("layers.1")
     assert run.stopped and "output" not in run.output.keys()
     torch.testing.assert_close(h.resolve(), manual(model, td["input"])[1][1])
-    with pytest.raises(ProxyError, match="never fired.*stopped"):
+    with pytest.raises(ProxyError, match="never ran.*stopped"):
         later.resolve()
     assert hook_count(model) == 0
 

@@ -142,7 +142,7 @@ def loss_attributions(out: Path, actor, critic, obs_stats) -> dict[str, Any]:
         title="share of |d loss term / d observation| per feature",
         diverging=False,
     )
-    norms = {t: {k: round(float(v), 5) for k, v in method.grad_norms[t].items()} for t in terms}
+    norms = {t: {k: round(float(v), 5) for k, v in hooked.state.grad_norms[t].items()} for t in terms}
     return {"figure": str(png), "observation_share": per_term.tolist(), "grad_norms_per_layer": norms}
 
 
@@ -168,7 +168,7 @@ def steering(out: Path, actor, obs_stats, scales=(5.0, 15.0, 25.0, 40.0), seeds=
     method = ActivationAddition(STEER_LAYER)
     with method.prepare(actor) as hooked:
         hooked(contrast)
-    v = method.vectors[STEER_LAYER]
+    v = hooked.state.vectors[STEER_LAYER]
     make = lambda seed: make_env(seed=seed, obs_stats=obs_stats)
     effects = {
         scale: paired_rollouts(make, actor, SteeringVectors({STEER_LAYER: v}, scale=scale), seeds=list(seeds))

@@ -8,9 +8,8 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod
-from rlhook.attribution.saliency import _layer_outputs
-from rlhook.hooked import MissingKeyError
+from rlhook.attribution.base import GradientMethod, layer_outputs
+from rlhook.keys import MissingKeyError, join, present_keys
 from rlhook.methods import Prepared
 from rlhook.targets import Target
 
@@ -41,35 +40,31 @@ class AttributionPatching(GradientMethod):
             raise ValueError(f"per must be 'unit' or 'module', got {per!r}")
         self.per = per
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        self._explicit = self.options.inputs is not None
-        return super()._apply(hooked, td)
-
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         patched = flat.clone(False)
         swapped = []
         for k in hooked.in_keys:
-            parts = (k,) if isinstance(k, str) else tuple(k)
-            value = flat.get(("patched", *parts), None)
+            value = flat.get(join("patched", k), None)
             if value is not None:
                 patched.set(k, value)
                 swapped.append(k)
         if not swapped:
-            present = sorted(str(k) for k in flat.keys(include_nested=True, leaves_only=True))
+            present = present_keys(flat)
             raise MissingKeyError(
                 f"attribution patching needs ('patched', k) for at least one input k of {hooked.in_keys}; "
                 f"the TensorDict has {present}"
             )
-        keys = keys if self._explicit else []
+        keys = keys if self.options.inputs is not None else []
+        layers = hooked.state.layers
         grad_keys = keys or [k for k in hooked.in_keys if torch.is_floating_point(flat.get(k))]
         grads = self.input_gradients(hooked, flat, grad_keys)
-        clean = _layer_outputs(hooked, flat, self._layers) if self._layers else {}
-        dirty = _layer_outputs(hooked, patched, self._layers) if self._layers else {}
+        clean = layer_outputs(hooked, flat, layers) if layers else {}
+        dirty = layer_outputs(hooked, patched, layers) if layers else {}
         for k in keys:
             clean[k], dirty[k] = flat.get(k), patched.get(k)
         result: dict = {}
         for t, maps in grads.items():
-            for name in [n for n, _ in self._layers] + list(keys):
+            for name in [n for n, _ in layers] + list(keys):
                 est = (dirty[name] - clean[name]) * maps[name]
                 if self.per == "module":
                     est = est.reshape(est.shape[0], -1).sum(-1)

@@ -8,10 +8,12 @@ Options (``GradientOptions``, set once on every gradient method):
 - ``chunk_size``: rows (samples x examples) per forward; bounds memory, results equal unchunked ones.
 - ``batched``: one batched backward for all targets (``is_grads_batched``) instead of one per target;
   ``None`` picks it on CUDA.
-- ``key``: where products go, ``"attr"`` by default.
+- ``key``: where products go, ``"attr"`` by default; it renames every product (the delta goes to
+  ``f"{key}_delta"``). ``set_keys(attr=..., delta=...)`` renames them one by one.
 
-Products: ``(key, input)`` for a single target, ``(key, name, input)`` for a TensorDict target with entry
-``name``; layer paths take the place of input keys.
+Products (declared in ``GradientMethod.keys``): ``(key, input)`` for a single target, ``(key, name, input)``
+for a TensorDict target with entry ``name``; layer paths take the place of input keys. Methods with a
+completeness or conservation gap also write ``attr_delta`` (``("attr_delta", name)`` per target).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.hooked import get_key
 from rlhook.hooks import Hooks
-from rlhook.methods import Method, Prepared
+from rlhook.keys import get_key
+from rlhook.methods import Method, Prepared, check_count
 from rlhook.paths import Path
+from rlhook.run import Site
 from rlhook.targets import SINGLE, Target, evaluate
 
 __all__ = [
@@ -36,7 +39,7 @@ __all__ = [
     "baselines",
     "gradients",
     "flat_view",
-    "write_products",
+    "layer_outputs",
 ]
 
 #: makes the points for a chunk: ``(key, step index per row, example index per row) -> values``
@@ -54,7 +57,15 @@ class GradientOptions:
 
 
 class GradientMethod(Method):
-    """Base of gradient attributions; subclasses add their own options and implement ``_attribute``."""
+    """Base of gradient attributions; subclasses add their own options and implement ``attribute``.
+
+    ``attribute(hooked, flat, keys)`` returns ``{target name: {input key or layer name: map (B, ...)}}`` for a
+    TensorDict ``flat`` with one batch dim; a gap per example may be put in ``hooked.state.deltas[target]``.
+    """
+
+    keys = {"attr": "attr", "delta": "attr_delta"}
+    #: whether ``attribute`` runs with gradients on (perturbation methods turn it off)
+    needs_grad: bool = True
 
     def __init__(self, target: Target | None = None, **options: object) -> None:
         self.options = GradientOptions(target=target, **options)
@@ -62,12 +73,13 @@ class GradientMethod(Method):
             raise ValueError(
                 f"{type(self).__name__} needs target=... (an output key, a callable or a preset)"
             )
-        if self.options.chunk_size is not None and self.options.chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive number of rows, got {self.options.chunk_size}")
+        check_count("chunk_size", self.options.chunk_size, optional=True)
+        if self.options.key != "attr":
+            self.set_keys(attr=self.options.key, delta=f"{self.options.key}_delta")
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
         opts = self.options
-        self._layers = hooked.resolve(opts.layers) if opts.layers is not None else []
+        hooked.state.layers = hooked.resolve(opts.layers) if opts.layers is not None else []
 
     def input_keys(self, hooked: Prepared, td: TensorDictBase) -> list[NestedKey]:
         """The attributed input keys: the option, or the floating inputs of the hooked module."""
@@ -77,22 +89,47 @@ class GradientMethod(Method):
                 get_key(td, k)
             return keys
         keys = [k for k in hooked.in_keys if torch.is_floating_point(get_key(td, k))]
-        if not keys and not self._layers:
+        if not keys and not hooked.state.layers:
             raise ValueError(f"no floating input among {hooked.in_keys} to attribute to; pass inputs=[...]")
         return keys
 
-    #: whether ``_attribute`` runs with gradients on (perturbation methods turn it off)
-    needs_grad: bool = True
-
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
         keys = self.input_keys(hooked, td)
         flat = flat_view(td)
-        with torch.set_grad_enabled(self.needs_grad):
-            products = self._attribute(hooked, flat, keys)
-        write_products(td, products, self.options.key)
+        hooked.state.deltas = {}
+        if flat.batch_size[0] == 0:
+            products = self._empty(hooked, flat, keys)
+        else:
+            with torch.set_grad_enabled(self.needs_grad):
+                products = self.attribute(hooked, flat, keys)
+        self.write(td, products, hooked.state.deltas)
         return td
 
-    def _attribute(
+    def _empty(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+        """Empty maps of the right shapes for an empty batch (one forward of zero rows names the targets)."""
+        with torch.no_grad(), hooked.run(flat.clone(False)) as run:
+            acts = {name: run.save((name, module)) for name, module in hooked.state.layers}
+        scores = evaluate(self.options.target, run.output, batch_dims=1)
+        shapes = {k: flat.get(k) for k in keys} | run.collect(acts)
+        return {t: {k: torch.zeros_like(v) for k, v in shapes.items()} for t in scores}
+
+    def write(
+        self,
+        td: TensorDictBase,
+        products: dict[str | None, dict[NestedKey, torch.Tensor]],
+        deltas: dict[str | None, torch.Tensor] | None = None,
+    ) -> None:
+        """Write ``{target: {input or layer: map (flat batch)}}`` and per-example gaps in ``td``'s batch shape:
+        the one place gradient methods put products into the TensorDict."""
+        batch = td.batch_size
+        for name, maps in products.items():
+            for k, value in maps.items():
+                value = value.reshape(*batch, *value.shape[1:]) if len(batch) != 1 else value
+                td.set(self.key("attr", None if name is SINGLE else name, k), value.detach())
+        for name, d in (deltas or {}).items():
+            td.set(self.key("delta", None if name is SINGLE else name), d.reshape(batch).detach())
+
+    def attribute(
         self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]
     ) -> dict[str | None, dict[NestedKey, torch.Tensor]]:
         raise NotImplementedError
@@ -110,7 +147,7 @@ class GradientMethod(Method):
             1,
             lambda k, step, ex: flat.get(k)[ex],
             torch.ones(1),
-            layers=self._layers,
+            layers=hooked.state.layers,
             chunk_size=o.chunk_size,
             batched=o.batched,
         )
@@ -124,16 +161,11 @@ def flat_view(td: TensorDictBase) -> TensorDictBase:
     return td.reshape(-1) if td.batch_dims > 1 else td.unsqueeze(0)
 
 
-def write_products(
-    td: TensorDictBase, products: dict[str | None, dict[NestedKey, torch.Tensor]], key: str = "attr"
-) -> None:
-    """Write ``{target name: {input or layer: tensor (flat batch)}}`` under ``key`` in ``td``'s batch shape."""
-    batch = td.batch_size
-    for name, maps in products.items():
-        for k, value in maps.items():
-            value = value.reshape(*batch, *value.shape[1:]) if len(batch) != 1 else value
-            parts = (k,) if isinstance(k, str) else tuple(k)
-            td.set((key, *parts) if name is SINGLE else (key, name, *parts), value.detach())
+def layer_outputs(hooked: Prepared, flat: TensorDictBase, layers: Sequence[Site]) -> dict[str, torch.Tensor]:
+    """Outputs (or elements) of the ``layers`` sites on ``flat``, without gradients, shape ``(B, ...)``."""
+    with torch.no_grad(), hooked.run(flat.clone(False)) as run:
+        proxies = {name: run.save((name, module)) for name, module in layers}
+    return run.collect(proxies)
 
 
 def _split_rows(n_rows: int, chunk_size: int | None) -> list[tuple[int, int]]:
@@ -150,7 +182,7 @@ def gradients(
     points: Points,
     weights: torch.Tensor,
     *,
-    layers: Sequence[tuple[str, torch.nn.Module]] = (),
+    layers: Sequence[Site] = (),
     chunk_size: int | None = None,
     batched: bool | None = None,
     square: bool = False,
@@ -176,43 +208,47 @@ def gradients(
     weights = weights.to(device) if device is not None else weights
     sums: dict[str | None, dict[NestedKey, torch.Tensor]] = {}
     squares: dict[str | None, dict[NestedKey, torch.Tensor]] | None = {} if square else None
-    store: dict[str, torch.Tensor] = {}
-    where: dict[str, torch.Tensor] = {}
-    with Hooks() as hooks:
-        for name, module in layers:
-            hooks.forward(module, _capture(store, name, points if patch_layers else None, where))
-        for start, stop in _split_rows(n_rows, chunk_size):
-            rows = torch.arange(start, stop, device=device)
-            step, ex = rows // n_ex, rows % n_ex
-            where.update(step=step, ex=ex)
-            chunk = flat[ex]
-            leaves = []
-            for k in keys:
-                leaf = points(k, step, ex).detach().requires_grad_(True)
-                chunk.set(k, leaf)
-                leaves.append(leaf)
-            store.clear()
-            out = hooked.model_forward(chunk)
-            scores = evaluate(target, out, batch_dims=1)
-            wrt = leaves + [store[n] for n, _ in layers if n in store]
-            names = list(keys) + [n for n, _ in layers if n in store]
-            missing = [n for n, _ in layers if n not in store]
-            if missing:
-                raise RuntimeError(f"layers {missing} never ran during the forward; cannot attribute to them")
-            grads = _vjps(scores, wrt, batched)
-            aligned = (
-                start % n_ex == 0 and (stop - start) % n_ex == 0
-            )  # whole points: a weighted sum is a GEMV
-            w = weights[start // n_ex : stop // n_ex] if aligned else weights[step]
-            for tname, gs in grads.items():
-                acc = sums.setdefault(tname, {})
-                acc2 = squares.setdefault(tname, {}) if squares is not None else None
-                for k, g in zip(names, gs):
-                    g = (torch.zeros_like(wrt[names.index(k)]) if g is None else g).detach()
-                    _accumulate(acc, k, ex, g, w, n_ex, aligned)
-                    if acc2 is not None:
-                        _accumulate(acc2, k, ex, g * g, w, n_ex, aligned)
+    for start, stop in _split_rows(n_rows, chunk_size):
+        rows = torch.arange(start, stop, device=device)
+        step, ex = rows // n_ex, rows % n_ex
+        chunk = flat[ex]
+        leaves = []
+        for k in keys:
+            leaf = points(k, step, ex).detach().requires_grad_(True)
+            chunk.set(k, leaf)
+            leaves.append(leaf)
+        with hooked.run(chunk) as run:
+            saved = {}
+            for name, module in layers:
+                if patch_layers:  # the layer taken as the input: its output replaced by the path's points
+                    run.set((name, module), _layer_points(points, name, step, ex))
+                saved[name] = run.save((name, module))
+        acts = run.collect(saved)
+        for name, act in acts.items():
+            if not isinstance(act, torch.Tensor):
+                raise TypeError(
+                    f"layer {name!r} gives a {type(act).__name__}; layer attribution needs a tensor: name an "
+                    f"element of the output, e.g. '{name}@0'"
+                )
+        scores = evaluate(target, run.output, batch_dims=1)
+        wrt = leaves + list(acts.values())
+        names = list(keys) + list(acts)
+        grads = _vjps(scores, wrt, batched)
+        aligned = start % n_ex == 0 and (stop - start) % n_ex == 0  # whole points: a weighted sum is a GEMV
+        w = weights[start // n_ex : stop // n_ex] if aligned else weights[step]
+        for tname, gs in grads.items():
+            acc = sums.setdefault(tname, {})
+            acc2 = squares.setdefault(tname, {}) if squares is not None else None
+            for i, (k, g) in enumerate(zip(names, gs)):
+                g = (torch.zeros_like(wrt[i]) if g is None else g).detach()
+                _accumulate(acc, k, ex, g, w, n_ex, aligned)
+                if acc2 is not None:
+                    _accumulate(acc2, k, ex, g * g, w, n_ex, aligned)
     return sums, squares
+
+
+def _layer_points(points: Points, name: str, step: torch.Tensor, ex: torch.Tensor) -> Callable:
+    return lambda output: points(name, step, ex).detach().to(output.dtype).requires_grad_(True)
 
 
 def _accumulate(
@@ -226,20 +262,6 @@ def _accumulate(
     if k not in acc:
         acc[k] = g.new_zeros((n_ex, *g.shape[1:]))
     acc[k].index_add_(0, ex, g * w.to(g.dtype).reshape(-1, *([1] * (g.dim() - 1))))
-
-
-def _capture(store: dict, name: str, points: Points | None, where: dict) -> Callable:
-    def hook(module: torch.nn.Module, args: object, output: object) -> torch.Tensor | None:
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(
-                f"layer {name!r} returned {type(output).__name__}; layer attribution needs a tensor"
-            )
-        if points is not None:
-            output = points(name, where["step"], where["ex"]).detach().to(output.dtype).requires_grad_(True)
-        store[name] = output
-        return output if points is not None else None
-
-    return hook
 
 
 def _vjps(

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod
-from rlhook.attribution.saliency import _layer_outputs
+from rlhook.attribution.base import GradientMethod, layer_outputs
 from rlhook.methods import Prepared
 from rlhook.targets import Target
 
@@ -61,15 +60,16 @@ class GradCAM(GradientMethod):
         self.channel_dim, self.spatial_dims, self.pooling = channel_dim, spatial_dims, pooling
         self.relu, self.upsample_to, self.interpolate = relu, upsample_to, interpolate
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         grads = self.input_gradients(hooked, flat, keys)
-        acts = _layer_outputs(hooked, flat, self._layers)
+        layers = hooked.state.layers
+        acts = layer_outputs(hooked, flat, layers)
         result: dict = {}
         for t, maps in grads.items():
-            for name, _ in self._layers:
+            for name, _ in layers:
                 result.setdefault(t, {})[name] = self._cam(name, maps[name], acts[name])
             if self.upsample_to is not None:
-                result[t][self.upsample_to] = self._upsample(result[t][self._layers[0][0]], flat)
+                result[t][self.upsample_to] = self._upsample(result[t][layers[0][0]], flat)
         return result
 
     def _upsample(self, cam: torch.Tensor, flat: TensorDictBase) -> torch.Tensor:

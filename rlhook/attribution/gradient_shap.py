@@ -11,7 +11,7 @@ from tensordict.utils import NestedKey
 
 from rlhook.attribution.base import GradientMethod, gradients
 from rlhook.attribution.noise_tunnel import draw_noise
-from rlhook.methods import Prepared
+from rlhook.methods import Prepared, check_count
 from rlhook.targets import Target, evaluate
 
 __all__ = ["GradientSHAP", "ExpectedGradients", "shap_draws"]
@@ -77,8 +77,7 @@ class GradientSHAP(GradientMethod):
         **options: object,
     ) -> None:
         super().__init__(target, **options)
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        check_count("n_samples", n_samples)
         if isinstance(baselines, str) and baselines != "batch":
             raise ValueError(
                 f"baselines must be a tensor, a dict of tensors, 'batch' or None; got {baselines!r}"
@@ -126,7 +125,7 @@ class GradientSHAP(GradientMethod):
             )
         return dist, True
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         o, n, n_ex = self.options, self.n_samples, flat.batch_size[0]
         if not keys:
             raise ValueError("GradientSHAP attributes to inputs; layers=... alone is not supported")
@@ -164,7 +163,6 @@ class GradientSHAP(GradientMethod):
             chunk_size=o.chunk_size,
             batched=o.batched,
         )
-        self._deltas = {}
         result: dict = {}
         for t, maps in sums.items():
             for k, g in maps.items():
@@ -187,14 +185,7 @@ class GradientSHAP(GradientMethod):
         for t, v in scores.items():
             f_x, f_b = v[:n_ex], v[n_ex:].reshape(n, n_ex).mean(0)
             total = sum(result[t][k].reshape(n_ex, -1).sum(-1) for k in keys)
-            self._deltas[t] = total - (f_x - f_b).to(total.dtype)
-
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        self._deltas = {}
-        td = super()._apply(hooked, td)
-        for t, d in self._deltas.items():
-            td.set("attr_delta" if t is None else ("attr_delta", t), d.reshape(td.batch_size).detach())
-        return td
+            hooked.state.deltas[t] = total - (f_x - f_b).to(total.dtype)
 
 
 class ExpectedGradients(GradientSHAP):

@@ -15,16 +15,6 @@ from rlhook.targets import Target
 __all__ = ["GuidedBackprop"]
 
 
-class _Restore:
-    """A handle-like object that ``Hooks`` removes with the others: restores a module attribute."""
-
-    def __init__(self, module: nn.Module, name: str, value: object) -> None:
-        self.module, self.name, self.value = module, name, value
-
-    def remove(self) -> None:
-        setattr(self.module, self.name, self.value)
-
-
 class GuidedBackprop(GradientMethod):
     """Gradient in which every ReLU module passes back only the positive part of its incoming gradient.
 
@@ -46,8 +36,8 @@ class GuidedBackprop(GradientMethod):
         super().__init__(target, **options)
         self.relu_types = relu_types
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        super()._setup(hooked, hooks)
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        super().setup(hooked, hooks)
         relus = [m for m in hooked.model.modules() if isinstance(m, self.relu_types)]
         if not relus:
             raise ValueError(
@@ -56,11 +46,10 @@ class GuidedBackprop(GradientMethod):
             )
         for m in relus:
             if getattr(m, "inplace", False):
-                m.inplace = False
-                hooks._keep(_Restore(m, "inplace", True))
+                hooks.setattr(m, "inplace", False)
             hooks.backward_pre(m, _positive_grad)
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         sums = self.input_gradients(hooked, flat, keys)
         return sums
 

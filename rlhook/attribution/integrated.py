@@ -11,20 +11,21 @@ from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
 from rlhook.attribution.base import GradientMethod, baselines, gradients
-from rlhook.attribution.saliency import _layer_outputs
-from rlhook.methods import Prepared
-from rlhook.targets import SINGLE, Target, evaluate
+from rlhook.methods import Prepared, check_count
+from rlhook.targets import Target, evaluate
 
-__all__ = ["IntegratedGradients", "Rule", "path_points"]
+__all__ = ["IntegratedGradients", "PathRule", "path_points"]
 
-Rule = Literal["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
+#: Gauss-Legendre nodes come from an eigenproblem of size n_steps^2; beyond this, use a Riemann rule
+MAX_GAUSS_LEGENDRE = 4096
+
+PathRule = Literal["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
 
 
 @functools.lru_cache(maxsize=64)
-def path_points(n_steps: int, rule: Rule = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:
+def path_points(n_steps: int, rule: PathRule = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:
     """``(alphas, weights)`` of a quadrature rule on [0, 1], float64, each of shape ``(n_steps,)``."""
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    check_count("n_steps", n_steps, maximum=MAX_GAUSS_LEGENDRE if rule == "gausslegendre" else None)
     n = n_steps
     if rule == "gausslegendre":
         x, w = np.polynomial.legendre.leggauss(n)
@@ -37,7 +38,7 @@ def path_points(n_steps: int, rule: Rule = "gausslegendre") -> tuple[torch.Tenso
         return torch.linspace(0, 1, n, dtype=torch.float64), w
     offsets = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}
     if rule not in offsets:
-        raise ValueError(f"unknown rule {rule!r}; choose one of {list(Rule.__args__)}")
+        raise ValueError(f"unknown rule {rule!r}; choose one of {list(PathRule.__args__)}")
     alphas = (torch.arange(n, dtype=torch.float64) + offsets[rule]) / n
     return alphas, torch.full((n,), 1.0 / n, dtype=torch.float64)
 
@@ -67,7 +68,7 @@ class IntegratedGradients(GradientMethod):
         target: Target | None = None,
         *,
         n_steps: int = 50,
-        rule: Rule = "gausslegendre",
+        rule: PathRule = "gausslegendre",
         multiply_by_inputs: bool = True,
         delta: bool = True,
         **options: object,
@@ -81,9 +82,10 @@ class IntegratedGradients(GradientMethod):
             delta,
         )
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         o = self.options
         base = baselines(flat, keys)
+        layers = hooked.state.layers
         ends = self._endpoints(hooked, flat, keys, base)
         xs = {k: flat.get(k) for k in keys} | ends["layers_x"]
         bs = base | ends["layers_b"]
@@ -102,7 +104,7 @@ class IntegratedGradients(GradientMethod):
                 return torch.addcmul(b[None], a, d[None]).reshape(ex.numel(), *x.shape[1:])
             return torch.addcmul(b[ex], alphas[k][step].reshape(-1, *ones), d[ex])
 
-        runs = [(keys, [])] if not self._layers else [([], [layer]) for layer in self._layers]
+        runs = [(keys, [])] if not layers else [([], [layer]) for layer in layers]
         sums: dict = {}
         for run_keys, run_layers in runs:
             part, _ = gradients(
@@ -123,11 +125,10 @@ class IntegratedGradients(GradientMethod):
         if self.multiply_by_inputs:
             sums = {t: {k: g * diffs[k] for k, g in m.items()} for t, m in sums.items()}
         if self.delta:
-            self._deltas = {}
             for t, m in sums.items():
-                parts = list(keys) if not self._layers else [self._layers[0][0]]
+                parts = list(keys) if not layers else [layers[0][0]]
                 total = sum(m[k].reshape(m[k].shape[0], -1).sum(-1) for k in parts)
-                self._deltas[t] = total - (ends["f_x"][t] - ends["f_b"][t]).to(total.dtype)
+                hooked.state.deltas[t] = total - (ends["f_x"][t] - ends["f_b"][t]).to(total.dtype)
         return sums
 
     def _endpoints(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey], base: dict) -> dict:
@@ -136,22 +137,13 @@ class IntegratedGradients(GradientMethod):
         both = torch.cat([flat, flat])
         for k in keys:
             both.set(k, torch.cat([flat.get(k), base[k]]))
-        store = {}
-        if self._layers:
-            store = _layer_outputs(hooked, both, self._layers)
-        with torch.no_grad():
-            scores = evaluate(self.options.target, hooked.model_forward(both.clone(False)), batch_dims=1)
+        with torch.no_grad(), hooked.run(both.clone(False)) as run:
+            saved = {name: run.save((name, module)) for name, module in hooked.state.layers}
+        store = run.collect(saved)
+        scores = evaluate(self.options.target, run.output, batch_dims=1)
         return {
             "f_x": {t: v[:n] for t, v in scores.items()},
             "f_b": {t: v[n:] for t, v in scores.items()},
             "layers_x": {k: v[:n] for k, v in store.items()},
             "layers_b": {k: v[n:] for k, v in store.items()},
         }
-
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        self._deltas = {}
-        td = super()._apply(hooked, td)
-        for t, d in self._deltas.items():
-            key = ("attr_delta",) if t is SINGLE else ("attr_delta", t)
-            td.set(key if len(key) > 1 else key[0], d.reshape(td.batch_size).detach())
-        return td

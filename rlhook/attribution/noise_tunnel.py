@@ -19,7 +19,7 @@ from tensordict.utils import NestedKey
 
 from rlhook.attribution.base import GradientMethod, gradients
 from rlhook.hooks import Hooks
-from rlhook.methods import Prepared
+from rlhook.methods import Prepared, check_count
 from rlhook.targets import Target
 
 __all__ = ["NoiseTunnel", "SmoothGrad", "SmoothGradSquared", "VarGrad", "draw_noise", "expand_rows"]
@@ -51,8 +51,7 @@ def expand_rows(flat: TensorDictBase, n_samples: int) -> TensorDictBase:
 def _check(kind: str, n_samples: int) -> None:
     if kind not in _KINDS:
         raise ValueError(f"unknown noise tunnel kind {kind!r}; choose one of {list(_KINDS)}")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    check_count("n_samples", n_samples)
 
 
 def _combine(mean: torch.Tensor, mean_sq: torch.Tensor, kind: str) -> torch.Tensor:
@@ -100,19 +99,19 @@ class NoiseTunnel(GradientMethod):
         _check(kind, n_samples)
         self.method, self.kind, self.n_samples, self.stdev, self.seed = method, kind, n_samples, stdev, seed
         self.options = method.options
+        self.set_keys(**method.key_map())
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        self.method._setup(hooked, hooks)
-        self._layers = self.method._layers
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        self.method.setup(hooked, hooks)
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         n, b = self.n_samples, flat.batch_size[0]
         noise = draw_noise({k: flat.get(k) for k in keys}, n, self.stdev, self.seed)
         rows = expand_rows(flat, n)
         for k in keys:
             rows.set(k, flat.get(k).repeat_interleave(n, 0) + noise[k].reshape(b * n, *noise[k].shape[2:]))
-        self.method._deltas = {}
-        products = self.method._attribute(hooked, rows, keys)
+        products = self.method.attribute(hooked, rows, keys)
+        hooked.state.deltas.clear()  # the wrapped method's gaps are per noisy copy, not per example
         result: dict = {}
         for t, maps in products.items():
             for k, a in maps.items():
@@ -148,7 +147,7 @@ class SmoothGrad(GradientMethod):
         _check(self.kind, n_samples)
         self.n_samples, self.stdev, self.seed = n_samples, stdev, seed
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         o, n = self.options, self.n_samples
         xs = {k: flat.get(k) for k in keys}
         noise = draw_noise(xs, n, self.stdev, self.seed)
@@ -161,7 +160,7 @@ class SmoothGrad(GradientMethod):
             n,
             lambda k, step, ex: xs[k][ex] + noise[k][ex, step],
             torch.full((n,), 1.0 / n, dtype=dtype),
-            layers=self._layers,
+            layers=hooked.state.layers,
             chunk_size=o.chunk_size,
             batched=o.batched,
             square=self.kind != "smoothgrad",

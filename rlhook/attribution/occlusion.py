@@ -152,7 +152,7 @@ class FeatureAblation(PerturbationMethod):
                 raise ValueError(f"feature_mask for {k!r} has negative ids; ids must be >= 0")
         return masks
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         masks = self._masks(flat, keys)
         ids = torch.unique(torch.cat([m.reshape(-1) for m in masks.values()]))
         position = {
@@ -222,7 +222,7 @@ class Occlusion(PerturbationMethod):
             grid[k] = (shape, w, s, counts)
         return grid
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         grid = self._grid(flat, keys)
         offsets, total = {}, 0
         for k in keys:

@@ -104,7 +104,7 @@ class PerturbationSaliency(PerturbationMethod):
         stride = self.stride if self.stride is not None else (5 if image else 1)
         return dims, sigma, stride, self.mode or ("blur" if image else "baseline")
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         xs = {k: flat.get(k) for k in keys}
         base = baselines(flat, keys)
         gen = torch.Generator().manual_seed(self.seed)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod
+from rlhook.attribution.base import GradientMethod, layer_outputs
 from rlhook.methods import Prepared
 from rlhook.targets import Target
 
@@ -23,7 +22,7 @@ class Saliency(GradientMethod):
         super().__init__(target, **options)
         self.abs = abs
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         sums = self.input_gradients(hooked, flat, keys)
         if self.abs:
             sums = {t: {k: g.abs() for k, g in m.items()} for t, m in sums.items()}
@@ -36,21 +35,10 @@ class InputXGradient(GradientMethod):
     For layers (``layers=[...]``) the layer's output takes the place of the input.
     """
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         sums = self.input_gradients(hooked, flat, keys)
-        acts = _layer_outputs(hooked, flat, self._layers) if self._layers else {}
+        layers = hooked.state.layers
+        acts = layer_outputs(hooked, flat, layers) if layers else {}
         return {
             t: {k: g * (acts[k] if k in acts else flat.get(k)) for k, g in m.items()} for t, m in sums.items()
         }
-
-
-def _layer_outputs(hooked: Prepared, flat: TensorDictBase, layers: list) -> dict[str, torch.Tensor]:
-    """Outputs of ``layers`` on ``flat`` (no grad), shape ``(B, ...)``."""
-    from rlhook.hooks import Hooks
-
-    store: dict[str, torch.Tensor] = {}
-    with Hooks() as hooks, torch.no_grad():
-        for name, module in layers:
-            hooks.forward(module, lambda m, a, out, name=name: store.__setitem__(name, out))
-        hooked.model_forward(flat.clone(False))
-    return store

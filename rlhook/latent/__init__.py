@@ -1,6 +1,11 @@
-"""Latent methods: caching, patching, steering, probing, geometry and sparse autoencoders."""
+"""Latent methods: caching, patching, steering, probing, geometry and sparse autoencoders.
+
+Patching targets and divergences (``LogitDiff``, ``CategoricalKL``, ``NormalKL``) and ``ActionLogProb`` live in
+``rlhook.targets`` with the other targets.
+"""
 
 from rlhook.latent.caching import ActivationCaching
+from rlhook.latent.estimators import BilinearProbe, LogisticProbe, RidgeProbe
 from rlhook.latent.geometry import (
     information_imbalance,
     linear_cka,
@@ -11,27 +16,13 @@ from rlhook.latent.geometry import (
     similarity_matrix,
     two_nn,
 )
-from rlhook.latent.patching import (
-    ActionLogProb,
-    ActivationPatching,
-    CategoricalKL,
-    LogitDiff,
-    NormalKL,
-    PathPatching,
-)
-from rlhook.latent.probing import (
-    TCAV,
-    BilinearProbe,
-    LogisticProbe,
-    Probing,
-    RidgeProbe,
-    accuracy,
-    balanced_accuracy,
-    f1,
-    r2,
-)
+from rlhook.latent.patching import ActivationPatching
+from rlhook.latent.path_patching import PathPatching
+from rlhook.latent.probing import Probing
 from rlhook.latent.sae import SAESplice, SparseAutoencoder, train_sae
+from rlhook.latent.scores import accuracy, balanced_accuracy, f1, r2
 from rlhook.latent.steering import ActivationAddition, SteeringState, SteeringVectors, vectors_from
+from rlhook.latent.tcav import TCAV
 
 __all__ = [
     "SAESplice",
@@ -58,11 +49,7 @@ __all__ = [
     "SteeringState",
     "SteeringVectors",
     "vectors_from",
-    "ActionLogProb",
     "ActivationCaching",
     "ActivationPatching",
-    "CategoricalKL",
-    "LogitDiff",
-    "NormalKL",
     "PathPatching",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -12,22 +11,10 @@ from tensordict import TensorDictBase
 from rlhook.hooks import Hooks
 from rlhook.methods import Method, Prepared
 from rlhook.paths import Path
-from rlhook.run import _with_grad_inputs
-from rlhook.targets import Target, evaluate
+from rlhook.run import unflatten
+from rlhook.targets import Target
 
-__all__ = ["ActivationCaching", "fit_batch"]
-
-
-def fit_batch(value: torch.Tensor, batch: torch.Size) -> torch.Tensor:
-    """Reshape an activation whose leading dim is the flattened batch back to ``batch + rest``."""
-    if (
-        len(batch) > 1
-        and value.dim() >= 1
-        and value.shape[0] == math.prod(batch)
-        and value.shape[: len(batch)] != batch
-    ):
-        return value.reshape(*batch, *value.shape[1:])
-    return value
+__all__ = ["ActivationCaching"]
 
 
 class ActivationCaching(Method):
@@ -35,15 +22,18 @@ class ActivationCaching(Method):
 
     Writes ``("cache", name)`` (forward) and ``("cache_grad", name)`` (gradient of ``target`` w.r.t. that output,
     summed over the batch) for each matched module ``name``; leading dims follow the TensorDict's batch shape.
+    A path may name an element of a structured output (``"lstm@0"``, ``"attn@0"``): the key is that name.
 
     Args:
         paths: a path, a regex or a list of them (see ``rlhook.paths``).
         direction: ``"forward"``, ``"backward"`` or ``"both"``.
         target: what the gradients are of (needed for ``"backward"``/``"both"``).
-        callback: ``callback(name, output) -> Tensor`` to pick or transform what is stored (e.g. the first element
-            of a tuple output); default stores tensor outputs as they are.
+        callback: ``callback(name, output) -> Tensor`` to transform what is stored; default stores the output
+            (or the element the path names) as it is.
         detach: store detached tensors (default) so the cache holds no graph.
     """
+
+    keys = {"cache": "cache", "cache_grad": "cache_grad"}
 
     def __init__(
         self,
@@ -66,57 +56,39 @@ class ActivationCaching(Method):
             detach,
         )
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        self._modules = hooked.resolve(self.paths)
-        self._store: dict[str, torch.Tensor] = {}
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        hooked.state.modules = hooked.resolve(self.paths)
 
-        for name, module in self._modules:
-            hooks.forward(module, self._hook(name))
-
-    def _hook(self, name: str) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            value = self.callback(name, output) if self.callback is not None else output
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        grads = self.direction != "forward"
+        with hooked.run(td) as run:
+            acts = {name: run.save((name, module)) for name, module in hooked.state.modules}
+            if grads:
+                run.backward(self.target)
+                grad = {name: run.save_grad((name, module)) for name, module in hooked.state.modules}
+        values = run.collect(acts)
+        for name, value in values.items():
+            value = self.callback(name, value) if self.callback is not None else value
             if not isinstance(value, torch.Tensor):
                 raise TypeError(
-                    f"module {name!r} returned {type(value).__name__}, not a tensor; pass "
-                    "callback=lambda name, out: out[0] (or similar) to pick what to cache"
+                    f"module {name!r} returned {type(value).__name__}, not a tensor; name an element of it "
+                    f"('{name}@0') or pass callback=lambda name, out: out[0] to pick what to cache"
                 )
-            self._store[name] = value
-
-        return hook
-
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        self._store.clear()
-        grads = self.direction != "forward"
-        try:
-            with torch.set_grad_enabled(grads or torch.is_grad_enabled()):
-                run_td = _with_grad_inputs(td, hooked.in_keys) if grads else td
-                out = hooked.model_forward(run_td)
-                missing = [n for n, _ in self._modules if n not in self._store]
-                if missing:
-                    raise RuntimeError(
-                        f"modules {missing} never ran during the forward, so nothing was cached"
-                    )
-                if grads:
-                    scores = evaluate(self.target, out)
-                    total = sum(v.sum() for v in scores.values())
-                    names = list(self._store)
-                    g = torch.autograd.grad(total, [self._store[n] for n in names], allow_unused=True)
-                    for n, gi in zip(names, g):
-                        gi = torch.zeros_like(self._store[n]) if gi is None else gi
-                        out.set(("cache_grad", n), fit_batch(gi.detach(), out.batch_size))
-            if self.direction != "backward":
-                for n, v in self._store.items():
-                    out.set(("cache", n), fit_batch(v.detach() if self.detach else v, out.batch_size))
-            if (
-                out is not td
-            ):  # grads ran on a shallow copy: bring the products back to the caller's TensorDict
-                for key in out.keys(include_nested=True, leaves_only=True):
-                    if key not in td.keys(include_nested=True, leaves_only=True) or key[0] in (
-                        "cache",
-                        "cache_grad",
-                    ):
-                        td.set(key, out.get(key).detach() if grads else out.get(key))
-            return td
-        finally:
-            self._store.clear()
+            values[name] = value
+        out = run.output
+        if (
+            out is not td
+        ):  # gradients ran on a shallow copy: bring the outputs back to the caller's TensorDict
+            present = set(td.keys(include_nested=True, leaves_only=True))
+            for key in out.keys(include_nested=True, leaves_only=True):
+                if key not in present:
+                    value = out.get(key)
+                    td.set(key, value.detach() if isinstance(value, torch.Tensor) else value)
+        if grads:
+            for name, g in run.collect(grad, batched=True).items():
+                td.set(self.key("cache_grad", name), g.detach())
+        if self.direction != "backward":
+            for name, v in values.items():
+                v = unflatten(v, td.batch_size)
+                td.set(self.key("cache", name), v.detach() if self.detach else v)
+        return td

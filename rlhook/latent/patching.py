@@ -1,4 +1,4 @@
-"""Activation patching and path patching: swap activations of a *source* run into a *clean* run.
+"""Activation patching: swap activations of a *source* run into a *clean* run, module by module.
 
 The clean inputs are the TensorDict's own input keys; the source inputs are ``("patched", k)`` for each input
 ``k`` (inputs without a ``("patched", k)`` entry are shared). Effects are measured by a *target* (any
@@ -15,124 +15,23 @@ from typing import Any, Literal
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.utils import NestedKey
-from torch import nn
 
-from rlhook.hooked import get_key
 from rlhook.hooks import Hooks
+from rlhook.keys import source_td
 from rlhook.methods import Method, Prepared
 from rlhook.paths import Path
 from rlhook.targets import Target, evaluate
 
-__all__ = [
-    "ActionLogProb",
-    "ActivationPatching",
-    "CategoricalKL",
-    "LogitDiff",
-    "NormalKL",
-    "PathPatching",
-    "source_td",
-]
+__all__ = ["ActivationPatching", "PatchEffects", "Divergence", "PatchFn", "checked_patch"]
 
 PatchFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Divergence = Callable[[TensorDictBase, TensorDictBase], torch.Tensor]
 
 
-# -- targets and divergences ---------------------------------------------------------------------------------------
-class LogitDiff:
-    """``logits[..., a] - logits[..., b]``; ``a``/``b`` are class indices or keys of per-example indices."""
+def checked_patch(value: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable:
+    """``value`` as a ``Run.set`` function that refuses a patch of another shape than the activation."""
 
-    def __init__(self, a: int | NestedKey, b: int | NestedKey, key: NestedKey = "output") -> None:
-        self.a, self.b, self.key = a, b, key
-
-    def _pick(self, out: TensorDictBase, logits: torch.Tensor, c: int | NestedKey) -> torch.Tensor:
-        if isinstance(c, int):
-            return logits[..., c]
-        idx = get_key(out, c, what="class index").long()
-        return logits.gather(-1, idx.reshape(*logits.shape[:-1], 1)).squeeze(-1)
-
-    def __call__(self, out: TensorDictBase) -> torch.Tensor:
-        logits = get_key(out, self.key, what="logits")
-        return self._pick(out, logits, self.a) - self._pick(out, logits, self.b)
-
-    def __repr__(self) -> str:
-        return f"LogitDiff({self.a!r}, {self.b!r}, key={self.key!r})"
-
-
-class ActionLogProb:
-    """``log softmax(logits)[action]`` of a categorical policy; ``action`` holds indices or one-hot vectors."""
-
-    def __init__(self, logits: NestedKey = "logits", action: NestedKey = "action") -> None:
-        self.logits, self.action = logits, action
-
-    def __call__(self, out: TensorDictBase) -> torch.Tensor:
-        logp = torch.log_softmax(get_key(out, self.logits, what="logits"), -1)
-        a = get_key(out, self.action, what="action")
-        if a.shape == logp.shape:  # one-hot
-            a = a.argmax(-1)
-        return logp.gather(-1, a.long().reshape(*logp.shape[:-1], 1)).squeeze(-1)
-
-    def __repr__(self) -> str:
-        return f"ActionLogProb(logits={self.logits!r}, action={self.action!r})"
-
-
-class CategoricalKL:
-    """``KL(clean || patched)`` of categorical policies given by logits at ``key``; shape ``batch``."""
-
-    def __init__(self, key: NestedKey = "logits") -> None:
-        self.key = key
-
-    def __call__(self, clean: TensorDictBase, patched: TensorDictBase) -> torch.Tensor:
-        p = torch.log_softmax(get_key(clean, self.key, what="logits").double(), -1)
-        q = torch.log_softmax(get_key(patched, self.key, what="logits").double(), -1)
-        return (p.exp() * (p - q)).sum(-1).to(get_key(clean, self.key).dtype)
-
-
-class NormalKL:
-    """``KL(clean || patched)`` of diagonal Gaussian policies (``loc``, ``scale`` keys), summed over action dims."""
-
-    def __init__(self, loc: NestedKey = "loc", scale: NestedKey = "scale") -> None:
-        self.loc, self.scale = loc, scale
-
-    def __call__(self, clean: TensorDictBase, patched: TensorDictBase) -> torch.Tensor:
-        m0, s0 = get_key(clean, self.loc), get_key(clean, self.scale)
-        m1, s1 = get_key(patched, self.loc), get_key(patched, self.scale)
-        kl = torch.log(s1 / s0) + (s0**2 + (m0 - m1) ** 2) / (2 * s1**2) - 0.5
-        return kl.reshape(*kl.shape[: clean.batch_dims], -1).sum(-1)
-
-
-# -- helpers -------------------------------------------------------------------------------------------------------
-def source_td(td: TensorDictBase, in_keys: Sequence[NestedKey], source: str = "patched") -> TensorDictBase:
-    """A shallow copy of ``td`` whose inputs are replaced by ``(source, k)`` where present, without ``source``."""
-    src = td.exclude(source).copy()
-    found = False
-    for k in in_keys:
-        parts = (k,) if isinstance(k, str) else tuple(k)
-        v = td.get((source, *parts), None)
-        if v is not None:
-            src.set(k, v)
-            found = True
-    if not found:
-        keys = [(source, *((k,) if isinstance(k, str) else k)) for k in in_keys]
-        raise KeyError(
-            f"no source input: the TensorDict needs at least one of {keys} next to the clean inputs"
-        )
-    return src
-
-
-def _record(store: dict, name: str) -> Callable:
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(
-                f"module {name!r} returned {type(output).__name__}; patching needs tensor outputs"
-            )
-        store[name] = output
-
-    return hook
-
-
-def _set(value: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable:
-    def hook(module: nn.Module, args: Any, output: Any) -> torch.Tensor:
+    def patch(output: torch.Tensor) -> torch.Tensor:
         new = value(output)
         if new.shape != output.shape:
             raise ValueError(
@@ -140,24 +39,23 @@ def _set(value: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable:
             )
         return new
 
-    return hook
+    return patch
 
 
-def _key(*parts: Any) -> tuple:
-    out: list = []
-    for p in parts:
-        out.extend((p,) if isinstance(p, str) else p)
-    return tuple(out)
+class PatchEffects(Method):
+    """What patching methods share: the effect measures and their declared product keys.
 
+    Keys (roles): ``source`` (the source inputs, ``"patched"``), ``patch`` (patched outputs), ``effect``
+    (``"patch_effect"``), ``divergence`` (``"patch_divergence"``); the ``source=`` option renames the first.
+    """
 
-class _Effects:
-    """Shared effect bookkeeping for patching methods."""
+    keys = {"source": "patched", "patch": "patch", "effect": "patch_effect", "divergence": "patch_divergence"}
 
     target: Target | None
     divergence: Divergence | None
     normalize: bool
 
-    def _check_effect(self) -> None:
+    def check_effect(self) -> None:
         if self.target is None and self.divergence is None:
             raise ValueError(
                 "patching needs target=... (effect = target(patched) - target(clean)) and/or divergence=... "
@@ -166,10 +64,10 @@ class _Effects:
         if self.normalize and self.target is None:
             raise ValueError("normalize=True rescales target effects; it needs target=...")
 
-    def _effects(
+    def effects(
         self, clean: TensorDictBase, patched: TensorDictBase, source: TensorDictBase
     ) -> dict[tuple, torch.Tensor]:
-        """``{key suffix: per-example tensor}``: ``("patch_effect", [target])`` and ``("patch_divergence",)``."""
+        """``{(role, [target]): per-example tensor}`` for the ``effect`` and ``divergence`` roles."""
         out: dict[tuple, torch.Tensor] = {}
         if self.target is not None:
             t_clean, t_patch = evaluate(self.target, clean), evaluate(self.target, patched)
@@ -178,12 +76,12 @@ class _Effects:
                 effect = v - t_clean[tname]
                 if t_src is not None:
                     effect = effect / (t_src[tname] - t_clean[tname])
-                out[("patch_effect",) if tname is None else ("patch_effect", tname)] = effect
+                out[("effect",) if tname is None else ("effect", tname)] = effect
         if self.divergence is not None:
-            out[("patch_divergence",)] = self.divergence(clean, patched)
+            out[("divergence",)] = self.divergence(clean, patched)
         return out
 
-    def _write_effects(
+    def write_effects(
         self,
         td: TensorDictBase,
         name: str,
@@ -191,12 +89,23 @@ class _Effects:
         patched: TensorDictBase,
         source: TensorDictBase,
     ) -> None:
-        for (kind, *rest), value in self._effects(clean, patched, source).items():
-            td.set(_key(kind, name, *rest), value)
+        for (kind, *rest), value in self.effects(clean, patched, source).items():
+            td.set(self.key(kind, name, *rest), value)
+
+    def fresh(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        """The clean inputs of ``td`` without the source inputs and without earlier outputs."""
+        return td.exclude(self.key("source"), *hooked.out_keys).copy()
+
+    def write_outputs(
+        self, td: TensorDictBase, role: str, name: str | None, out: TensorDictBase, keys
+    ) -> None:
+        """Copy the output ``keys`` of ``out`` to ``(role key, [name], k)`` in ``td``."""
+        for k in keys:
+            td.set(self.key(role, name, k), out.get(k))
 
 
 # -- activation patching ---------------------------------------------------------------------------------------------
-class ActivationPatching(_Effects, Method):
+class ActivationPatching(PatchEffects):
     """Patch the activations of each module at ``paths`` (one at a time, or all ``jointly``) from the source run.
 
     Reads the clean inputs ``k`` and the source inputs ``("patched", k)``. Writes
@@ -247,11 +156,12 @@ class ActivationPatching(_Effects, Method):
             unit_dim,
             position_dim,
         )
-        self.patch_fn, self.jointly, self.normalize, self.source = patch_fn, jointly, normalize, source
-        self._check_effect()
+        self.patch_fn, self.jointly, self.normalize = patch_fn, jointly, normalize
+        self.set_keys(source=source)
+        self.check_effect()
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        self._modules = hooked.resolve(self.paths)
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        hooked.state.modules = hooked.resolve(self.paths)
 
     def swap(
         self, clean: torch.Tensor, source: torch.Tensor, units: Any = None, positions: Any = None
@@ -278,33 +188,22 @@ class ActivationPatching(_Effects, Method):
         mask[tuple(index)] = True
         return torch.where(mask, source, clean)
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        out_keys = hooked.out_keys
-        src_in = source_td(td, hooked.in_keys, self.source)
-        names = [n for n, _ in self._modules]
-        store: dict[str, torch.Tensor] = {}
-        with Hooks() as hooks:
-            for name, module in self._modules:
-                hooks.forward(module, _record(store, name))
-            source_out = hooked.model_forward(src_in).clone(False)
-            src_acts = dict(store)
-            store.clear()
-            clean_out = hooked.model_forward(td).clone(False)
-        missing = [n for n in names if n not in src_acts]
-        if missing:
-            raise RuntimeError(
-                f"modules {missing} never ran during the forward, so there is nothing to patch"
-            )
-        for k in out_keys:
-            td.set(_key(self.source, k), source_out.get(k))
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        out_keys, sites = hooked.out_keys, hooked.state.modules
+        with hooked.run(source_td(td, hooked.in_keys, self.key("source"))) as run:
+            saved = {name: run.save((name, module)) for name, module in sites}
+        source_out = run.output.clone(False)
+        src_acts = run.collect(saved)
+        clean_out = hooked.model_forward(td).clone(False)
+        self.write_outputs(td, "source", None, source_out, out_keys)
+        names = [n for n, _ in sites]
         groups = [names] if self.jointly else [[n] for n in names]
         for group in groups:
             gname = "+".join(group)
             if self.sweep is None:
                 patched_out = self._patched_run(hooked, td, group, src_acts, {})
-                for k in out_keys:
-                    td.set(_key("patch", gname, k), patched_out.get(k))
-                self._write_effects(td, gname, clean_out, patched_out, source_out)
+                self.write_outputs(td, "patch", gname, patched_out, out_keys)
+                self.write_effects(td, gname, clean_out, patched_out, source_out)
                 continue
             dim = self.position_dim if self.sweep == "positions" else self.unit_dim
             sizes = {src_acts[n].shape[dim % src_acts[n].dim()] for n in group}
@@ -316,102 +215,20 @@ class ActivationPatching(_Effects, Method):
             for i in range(sizes.pop()):
                 sel = {"positions" if self.sweep == "positions" else "units": [i]}
                 patched_out = self._patched_run(hooked, td, group, src_acts, sel)
-                for suffix, v in self._effects(clean_out, patched_out, source_out).items():
+                for suffix, v in self.effects(clean_out, patched_out, source_out).items():
                     per_index.setdefault(suffix, []).append(v)
             for (kind, *rest), values in per_index.items():
-                td.set(_key(kind, gname, *rest), torch.stack(values, -1))
+                td.set(self.key(kind, gname, *rest), torch.stack(values, -1))
         return td
 
     def _patched_run(
         self, hooked: Prepared, td: TensorDictBase, group: list[str], src_acts: dict, sel: dict
     ) -> TensorDictBase:
-        with Hooks() as hooks:
-            for name, module in self._modules:
+        with hooked.run(self.fresh(hooked, td)) as run:
+            for name, module in hooked.state.modules:
                 if name in group:
                     src = src_acts[name]
-                    hooks.forward(module, _set(lambda act, src=src: self.swap(act, src, **sel), name))
-            patched_in = td.exclude(self.source, *[_key(k) for k in hooked.out_keys]).copy()
-            return hooked.model_forward(patched_in)
-
-
-# -- path patching ---------------------------------------------------------------------------------------------------
-class PathPatching(_Effects, Method):
-    """The effect of ``sender`` on the outputs that flows *only* through ``receiver``'s output.
-
-    Three runs after the source run: (1) the clean run, caching the ``freeze`` modules; (2) a run on the clean
-    inputs with ``sender``'s output taken from the source run and every ``freeze`` module held at its clean
-    value, recording ``receiver``'s output; (3) the clean run with ``receiver``'s output set to that recording.
-    Paths from ``sender`` that avoid ``receiver`` keep their clean values, and so do paths through the frozen
-    modules (the other branches in between).
-
-    Reads ``k`` and ``("patched", k)``; writes the clean outputs, the source outputs at ``("patched", out_key)``,
-    ``("patch", name, out_key)``, ``("patch_effect", name[, target])`` and ``("patch_divergence", name)`` with
-    ``name = "sender->receiver"``, as ``ActivationPatching`` does. ``patch_fn(clean, source)`` as there, for the
-    sender.
-    """
-
-    def __init__(
-        self,
-        sender: Path,
-        receiver: Path,
-        target: Target | None = None,
-        *,
-        freeze: Path | Sequence[Path] = (),
-        divergence: Divergence | None = None,
-        patch_fn: PatchFn | None = None,
-        normalize: bool = False,
-        source: str = "patched",
-    ) -> None:
-        self.sender, self.receiver, self.freeze = sender, receiver, freeze
-        self.target, self.divergence, self.patch_fn = target, divergence, patch_fn
-        self.normalize, self.source = normalize, source
-        self._check_effect()
-
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        self._sender = hooked.resolve_one(self.sender)
-        self._receiver = hooked.resolve_one(self.receiver)
-        frozen = (
-            hooked.resolve(self.freeze) if (isinstance(self.freeze, str | nn.Module) or self.freeze) else []
-        )
-        bad = [n for n, m in frozen if m is self._sender[1] or m is self._receiver[1]]
-        if bad:
-            raise ValueError(
-                f"freeze={bad} includes the sender or the receiver; freeze only the other modules"
-            )
-        self._frozen = frozen
-
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        out_keys = hooked.out_keys
-        (s_name, s_mod), (r_name, r_mod) = self._sender, self._receiver
-        store: dict[str, torch.Tensor] = {}
-        with Hooks() as hooks:
-            hooks.forward(s_mod, _record(store, s_name))
-            source_out = hooked.model_forward(source_td(td, hooked.in_keys, self.source)).clone(False)
-        if s_name not in store:
-            raise RuntimeError(f"sender {s_name!r} never ran during the forward")
-        src = store.pop(s_name)
-        clean_cache: dict[str, torch.Tensor] = {}
-        with Hooks() as hooks:
-            for n, m in self._frozen:
-                hooks.forward(m, _record(clean_cache, n))
-            clean_out = hooked.model_forward(td).clone(False)
-        fresh = lambda: td.exclude(self.source, *[_key(k) for k in out_keys]).copy()
-        with Hooks() as hooks:
-            swap = self.patch_fn or (lambda clean, source: source)
-            hooks.forward(s_mod, _set(lambda act: swap(act, src), s_name))
-            for n, m in self._frozen:
-                hooks.forward(m, _set(lambda act, v=clean_cache[n]: v, n))
-            hooks.forward(r_mod, _record(store, r_name))
-            hooked.model_forward(fresh())
-        if r_name not in store:
-            raise RuntimeError(f"receiver {r_name!r} never ran during the forward")
-        received = store.pop(r_name)
-        with Hooks() as hooks:
-            hooks.forward(r_mod, _set(lambda act: received, r_name))
-            patched_out = hooked.model_forward(fresh())
-        name = f"{s_name}->{r_name}"
-        for k in out_keys:
-            td.set(_key(self.source, k), source_out.get(k))
-            td.set(_key("patch", name, k), patched_out.get(k))
-        self._write_effects(td, name, clean_out, patched_out, source_out)
-        return td
+                    run.set(
+                        (name, module), checked_patch(lambda act, src=src: self.swap(act, src, **sel), name)
+                    )
+        return run.output

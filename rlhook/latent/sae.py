@@ -14,10 +14,8 @@ from tensordict import TensorDictBase
 from torch import nn
 
 from rlhook.hooks import Hooks
-from rlhook.latent.patching import _key, _record
 from rlhook.methods import Method, Prepared
 from rlhook.paths import Path
-from rlhook.weights.adapters import Adapter
 
 __all__ = ["SAESplice", "SparseAutoencoder", "train_sae"]
 
@@ -104,7 +102,7 @@ def train_sae(
 
 
 class SAESplice(Method):
-    """Replace the output of the module at ``path`` by ``sae(output)`` (through an ``Adapter``) and report.
+    """Replace the output of the module at ``paths`` (one path) by ``sae(output)`` and report.
 
     Reads the model inputs. Writes the spliced model's outputs under the usual out keys and, for the module
     ``name``: ``("sae", name, "mse")`` (per example, mean squared error over features),
@@ -113,25 +111,24 @@ class SAESplice(Method):
     ``("sae", name, "output_change", out_key)`` (spliced minus clean outputs).
     """
 
-    def __init__(self, path: Path, sae: nn.Module) -> None:
-        self.path, self.sae = path, sae
+    keys = {"sae": "sae"}
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        self._name, self._module = hooked.resolve_one(self.path)
+    def __init__(self, paths: Path, sae: nn.Module) -> None:
+        self.paths, self.sae = paths, sae
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        name, out_keys = self._name, hooked.out_keys
-        store: dict[str, torch.Tensor] = {}
-        with Hooks() as hooks:
-            hooks.forward(self._module, _record(store, name))
-            clean = hooked.model_forward(td.copy())
-        if name not in store:
-            raise RuntimeError(f"module {name!r} never ran during the forward")
-        x = store[name]
-        with Adapter(name, self.sae, mode="replace").prepare(
-            hooked.model, hooked._in_spec, hooked._out_spec
-        ) as ad:
-            spliced = ad(td)
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        hooked.state.site = hooked.resolve_one(self.paths)
+
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        site, out_keys = hooked.state.site, hooked.out_keys
+        name = site[0]
+        with hooked.run(td.copy()) as run:
+            saved = run.save(site)
+        clean = run.output
+        x = run.collect({name: saved})[name]
+        with hooked.run(td) as run:
+            run.set(site, self.sae)
+        spliced = run.output
         with torch.no_grad():
             z = self.sae.encode(x) if hasattr(self.sae, "encode") else None
             x_hat = self.sae(x)
@@ -139,11 +136,11 @@ class SAESplice(Method):
             n = max(1, td.numel())
             err = (x_hat - x).detach().pow(2).reshape(n, -1)
             var = (x - x.reshape(n, -1).mean(0).reshape(x.shape[1:])).pow(2).reshape(n, -1)
-            td.set(_key("sae", name, "mse"), err.mean(1).reshape(batch))
-            td.set(_key("sae", name, "fvu"), (err.sum() / var.sum().clamp_min(1e-12)).expand(batch))
+            td.set(self.key("sae", name, "mse"), err.mean(1).reshape(batch))
+            td.set(self.key("sae", name, "fvu"), (err.sum() / var.sum().clamp_min(1e-12)).expand(batch))
             if z is not None:
                 l0 = (z != 0).float().reshape(n, -1, z.shape[-1]).sum(-1).mean(1)
-                td.set(_key("sae", name, "l0"), l0.reshape(batch))
+                td.set(self.key("sae", name, "l0"), l0.reshape(batch))
         for k in out_keys:
-            td.set(_key("sae", name, "output_change", k), spliced.get(k) - clean.get(k))
+            td.set(self.key("sae", name, "output_change", k), spliced.get(k) - clean.get(k))
         return td

@@ -14,25 +14,18 @@ import torch
 from tensordict import TensorDictBase
 from torch import nn
 
-from rlhook.hooked import get_key
 from rlhook.hooks import Hooks
-from rlhook.latent.patching import _record, source_td
+from rlhook.keys import get_key, source_td
 from rlhook.methods import Method, Prepared
 from rlhook.paths import Path
 
 __all__ = ["ActivationAddition", "SteeringState", "SteeringVectors", "vectors_from"]
 
 
-def _run_acts(hooked: Prepared, td: TensorDictBase, modules: list[tuple[str, nn.Module]]) -> dict[str, Any]:
-    store: dict[str, torch.Tensor] = {}
-    with Hooks() as hooks, torch.no_grad():
-        for name, module in modules:
-            hooks.forward(module, _record(store, name))
-        hooked.model_forward(td)
-    missing = [n for n, _ in modules if n not in store]
-    if missing:
-        raise RuntimeError(f"modules {missing} never ran during the forward")
-    return store
+def _acts(hooked: Prepared, td: TensorDictBase) -> dict[str, Any]:
+    with torch.no_grad(), hooked.run(td) as run:
+        saved = {name: run.save((name, module)) for name, module in hooked.state.modules}
+    return run.collect(saved)
 
 
 class ActivationAddition(Method):
@@ -40,26 +33,29 @@ class ActivationAddition(Method):
 
     Reads ``("positive", k)`` and ``("negative", k)`` for the model's inputs ``k`` (inputs without such an entry
     are shared). Writes ``("steer", name)`` for each module: the vector, shape ``activation.shape[1:]``,
-    expanded (no copy) over the TensorDict's batch dims; ``method.vectors`` keeps ``{name: vector}`` for
-    ``SteeringVectors``. The mean is over the batch (``mean_dims`` adds more dims, e.g. positions).
+    expanded (no copy) over the TensorDict's batch dims; ``vectors_from(td)`` (or the prepared module's
+    ``state.vectors``) gives ``{name: vector}`` for ``SteeringVectors``. The mean is over the batch (``mean_dims`` adds more dims, e.g. positions).
     """
+
+    keys = {"positive": "positive", "negative": "negative", "steer": "steer"}
 
     def __init__(self, paths: Path | Sequence[Path], *, mean_dims: Sequence[int] = ()) -> None:
         self.paths, self.mean_dims = paths, tuple(mean_dims)
-        self.vectors: dict[str, torch.Tensor] = {}
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        self._modules = hooked.resolve(self.paths)
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        hooked.state.modules = hooked.resolve(self.paths)
+        hooked.state.vectors = {}
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        pos = _run_acts(hooked, source_td(td, hooked.in_keys, "positive").exclude("negative"), self._modules)
-        neg = _run_acts(hooked, source_td(td, hooked.in_keys, "negative").exclude("positive"), self._modules)
-        for name, _ in self._modules:
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        positive, negative = self.key("positive"), self.key("negative")
+        pos = _acts(hooked, source_td(td, hooked.in_keys, positive).exclude(negative))
+        neg = _acts(hooked, source_td(td, hooked.in_keys, negative).exclude(positive))
+        for name, _ in hooked.state.modules:
             dims = (0, *(d % pos[name].dim() for d in self.mean_dims))
             vec = pos[name].float().mean(dims) - neg[name].float().mean(dims)
             vec = vec.to(pos[name].dtype)
-            self.vectors[name] = vec
-            td.set(("steer", name), vec.expand(*td.batch_size, *vec.shape))
+            hooked.state.vectors[name] = vec
+            td.set(self.key("steer", name), vec.expand(*td.batch_size, *vec.shape))
         return td
 
 
@@ -90,8 +86,9 @@ class SteeringState(nn.Module):
                 buf.fill_(scale)
 
 
-class _AddHook:
-    """Forward hook ``output + scale * vector`` (or ``+ scale * fn(output)``), with positions optional."""
+class _Add:
+    """``output + scale * vector`` (or ``+ scale * fn(output)``), positions optional: a picklable value
+    function for ``Run.set`` that reads the live ``SteeringState``."""
 
     def __init__(
         self,
@@ -103,9 +100,12 @@ class _AddHook:
     ) -> None:
         self.state, self.index, self.fn, self.positions, self.name = state, index, fn, positions, name
 
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor:
+    def __call__(self, output: Any) -> torch.Tensor:
         if not isinstance(output, torch.Tensor):
-            raise TypeError(f"module {self.name!r} returned {type(output).__name__}; steering needs a tensor")
+            raise TypeError(
+                f"module {self.name!r} returned {type(output).__name__}; steering needs a tensor: name an element "
+                f"of the output, e.g. '{self.name}@0'"
+            )
         scale = getattr(self.state, f"scale_{self.index}")
         delta = self.fn(output) if self.fn is not None else getattr(self.state, f"vector_{self.index}")
         delta = delta.to(device=output.device, dtype=output.dtype) * scale.to(output.dtype)
@@ -167,11 +167,15 @@ class SteeringVectors(Method):
         tensors = [v if isinstance(v, torch.Tensor) else None for v in self.vectors.values()]
         self.state = SteeringState(tensors, scales)
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        hooked.state.adds = []
         for i, (path, v) in enumerate(self.vectors.items()):
             name, module = hooked.resolve_one(path)
             fn = None if isinstance(v, torch.Tensor) else v
-            hooks.forward(module, _AddHook(self.state, i, fn, self.positions, name))
+            hooked.state.adds.append(((name, module), _Add(self.state, i, fn, self.positions, name)))
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        return hooked.model_forward(td)
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        with hooked.run(td) as run:
+            for site, add in hooked.state.adds:
+                run.set(site, add)
+        return run.output

@@ -31,7 +31,7 @@ class ExplainBatch:
     Args:
         method: any ``Method`` (``Saliency``, ``IntegratedGradients`` with ``("baseline", k)`` in the batch...).
         module: the TensorDict module explained (a critic, an actor, a shared actor-critic).
-        products: the top-level keys the method writes (default ``("attr", "attr_delta")``).
+        products: the top-level keys copied (default: every key the method declares, ``method.key_map()``).
         prefix: where they go in the batch (default ``"rlhook"``: ``("rlhook", "attr", "observation")``).
         exploration_type: ``"deterministic"`` (default), ``"mode"``, ``"mean"`` or ``"random"``.
 
@@ -44,11 +44,13 @@ class ExplainBatch:
         method: Method,
         module: TensorDictModuleBase,
         *,
-        products: Sequence[str] = ("attr", "attr_delta"),
+        products: Sequence[str] | None = None,
         prefix: NestedKey = "rlhook",
         exploration_type: str = "deterministic",
     ) -> None:
-        self.method, self.module, self.products = method, module, tuple(products)
+        declared = [k if isinstance(k, str) else k[0] for k in method.key_map().values()]
+        self.method, self.module = method, module
+        self.products = tuple(dict.fromkeys(declared)) if products is None else tuple(products)
         self.prefix = (prefix,) if isinstance(prefix, str) else tuple(prefix)
         self.exploration_type = exploration_type
 

@@ -19,7 +19,6 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
-from torch import nn
 
 from rlhook.hooks import Hooks
 from rlhook.methods import Method, Prepared
@@ -33,7 +32,7 @@ class _SetUnits:
     def __init__(self, units: Sequence[int] | None, value: float | torch.Tensor) -> None:
         self.units, self.value = (None if units is None else list(units)), value
 
-    def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
         out = output.clone()
         if self.units is None:
             out[...] = self.value
@@ -62,13 +61,14 @@ class Ablation(Method):
             raise ValueError("Ablation needs at least one {path: units}")
         self.units, self.value = dict(units), value
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        for path, units in self.units.items():
-            _, module = hooked.resolve_one(path)
-            hooks.forward(module, _SetUnits(units, self.value))
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        hooked.state.edits = [(hooked.resolve_one(p), _SetUnits(u, self.value)) for p, u in self.units.items()]
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        return hooked.model_forward(td)
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        with hooked.run(td) as run:
+            for site, edit in hooked.state.edits:
+                run.set(site, edit)
+        return run.output
 
 
 def _play(env: Any, policy: Callable, max_steps: int) -> TensorDictBase:

@@ -20,18 +20,18 @@ advantage) rather than returning something silently wrong.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torch import nn
 
-from rlhook.attribution.base import write_products
-from rlhook.hooked import get_key
+from rlhook.compat import is_vmapped
 from rlhook.hooks import Hooks
+from rlhook.keys import get_key
 from rlhook.methods import Method, Prepared
 from rlhook.paths import Path, resolve
+from rlhook.proxy import Proxy
 
 __all__ = ["LossAttribution", "loss_networks"]
 
@@ -48,32 +48,22 @@ def loss_networks(loss: nn.Module) -> nn.ModuleDict:
     return nn.ModuleDict(nets)
 
 
-class _Calls:
-    """A forward hook keeping every call's output (tensors only), refusing vmapped ones."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.outputs, self.vmapped = name, [], False
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        # never raise in here: TorchRL swaps parameters in and out around these calls, and an exception
-        # thrown inside its vmapped call would leave batched tensors in the user's modules
-        if torch._C._functorch.is_batchedtensor(output) if isinstance(output, torch.Tensor) else False:
-            self.vmapped = True
-        else:
-            self.outputs.append(output)
-
-    def check(self) -> None:
-        if self.vmapped:
+def _checked_calls(name: str, proxy: Proxy) -> list[torch.Tensor]:
+    """Every call's output of a layer, refusing vmapped calls (recorded, never raised inside: TorchRL swaps
+    parameters around those calls, and raising in its vmapped call would leave batched tensors behind)."""
+    for out in proxy.calls:
+        if isinstance(out, torch.Tensor) and is_vmapped(out):
             raise RuntimeError(
-                f"layer {self.name!r} ran under torch.vmap inside the loss, so its activations cannot be attributed "
+                f"layer {name!r} ran under torch.vmap inside the loss, so its activations cannot be attributed "
                 "per call. Build the value estimator / loss with deactivate_vmap=True, or compute the advantage "
                 "before calling the loss (then no value network runs under vmap)"
             )
-        for out in self.outputs:
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"layer {self.name!r} returned {type(out).__name__}; attribution needs a tensor"
-                )
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"layer {name!r} returned {type(out).__name__}; attribution needs a tensor: name an element, "
+                f"e.g. '{name}@0'"
+            )
+    return list(proxy.calls)
 
 
 class LossAttribution(Method):
@@ -85,8 +75,14 @@ class LossAttribution(Method):
         layers: paths relative to the loss's networks (``"actor_network.module.0.module.act1"``); regexes work.
         multiply_by_inputs: write gradient x input for ``inputs`` (layers always get the plain gradient).
 
+    Writes ``("attr", term, k)`` for each term and input or layer, and ``("grad_norm", term, module)``: the
+    norm of the term's gradient w.r.t. each module's own parameters (a scalar expanded over the batch; also
+    kept as a TensorDict in the prepared module's ``state.grad_norms``).
+
     Use as ``with LossAttribution(...).prepare(loss) as hooked: td = hooked(batch)``.
     """
+
+    keys = {"attr": "attr", "grad_norm": "grad_norm"}
 
     def __init__(
         self,
@@ -98,40 +94,39 @@ class LossAttribution(Method):
     ) -> None:
         self.terms, self.inputs, self.layers = list(terms), list(inputs), layers
         self.multiply_by_inputs = multiply_by_inputs
-        self.grad_norms: TensorDictBase | None = None
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
         nets = loss_networks(hooked.model)
-        self._layers = resolve(nets, self.layers) if self.layers is not None else []
-        self._weighted = [
-            (name, [p for p in m.parameters(recurse=False) if p.requires_grad])
-            for name, m in nets.named_modules()
+        state = hooked.state
+        # resolved against the networks, so the sites' modules belong to the loss
+        state.layers = resolve(nets, self.layers) if self.layers is not None else []
+        weighted = [
+            (name, [p for p in m.parameters(recurse=False) if p.requires_grad]) for name, m in nets.named_modules()
         ]
-        self._weighted = [(name, ps) for name, ps in self._weighted if ps]
+        state.weighted = [(name, ps) for name, ps in weighted if ps]
+        state.grad_norms = None
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
         work = td.copy()
         leaves = {}
         for key in self.inputs:
             x = get_key(work, key)
             leaves[key] = x.detach().clone().requires_grad_(True)
             work.set(key, leaves[key])
-        calls = {name: _Calls(name) for name, _ in self._layers}
-        with Hooks() as hooks, torch.enable_grad():
-            for name, module in self._layers:
-                hooks.forward(module, calls[name])
-            out = hooked.model(work)
-            for c in calls.values():
-                c.check()
+        with torch.enable_grad():
+            with hooked.run(work) as run:
+                saved = {name: run.save((name, module)) for name, module in hooked.state.layers}
+            out = run.output
+            calls = {name: _checked_calls(name, proxy) for name, proxy in saved.items()}
             missing = [t for t in self.terms if t not in out.keys()]
             if missing:
                 raise KeyError(f"the loss wrote no {missing}; it wrote {sorted(map(str, out.keys()))}")
             acts = {
-                (name if len(c.outputs) == 1 else f"{name}#{i}"): a
-                for name, c in calls.items()
-                for i, a in enumerate(c.outputs)
+                (name if len(outputs) == 1 else f"{name}#{i}"): a
+                for name, outputs in calls.items()
+                for i, a in enumerate(outputs)
             }
-            params = dict(self._weighted)
+            params = dict(hooked.state.weighted)
             flat_params = [p for ps in params.values() for p in ps]
             wrt = list(leaves.values()) + list(acts.values()) + flat_params
             products: dict[str, dict[NestedKey, torch.Tensor]] = {}
@@ -163,8 +158,12 @@ class LossAttribution(Method):
                 norms[term] = {
                     name: torch.sqrt(sum((next(rest) ** 2).sum() for _ in ps)) for name, ps in params.items()
                 }
-        write_products(td, products, "attr")
-        self.grad_norms = TensorDict(
+        for term, maps in products.items():
+            for k, value in maps.items():
+                td.set(self.key("attr", term, k), value.detach())
+            for name, norm in norms[term].items():
+                td.set(self.key("grad_norm", term, name), norm.detach().expand(td.batch_size))
+        hooked.state.grad_norms = TensorDict(
             {t: {n: v.detach() for n, v in m.items()} for t, m in norms.items()}, batch_size=[]
         )
         return td

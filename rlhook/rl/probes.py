@@ -30,7 +30,8 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from rlhook.latent.caching import ActivationCaching
-from rlhook.latent.probing import RidgeProbe, r2
+from rlhook.latent.estimators import RidgeProbe
+from rlhook.latent.scores import r2
 from rlhook.paths import Path
 
 __all__ = ["TrainingProbes", "probe_scores"]

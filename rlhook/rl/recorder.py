@@ -21,31 +21,12 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
-from torch import nn
 
-from rlhook.hooks import Hooks
+from rlhook.compat import is_vmapped
+from rlhook.hooked import HookedModule
 from rlhook.paths import Path, resolve
 
 __all__ = ["Recorder"]
-
-
-class _Store:
-    """A picklable forward hook that keeps the last output of a module."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, torch.Tensor] = {}
-
-    def hook(self, name: str):
-        return _StoreHook(self, name)
-
-
-class _StoreHook:
-    def __init__(self, store: _Store, name: str) -> None:
-        self.store, self.name = store, name
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        # checked after the forward (raising inside a vmapped call can leave swapped parameters behind)
-        self.store.values[self.name] = output
 
 
 class Recorder(TensorDictModuleBase):
@@ -74,6 +55,8 @@ class Recorder(TensorDictModuleBase):
         self.policy = policy
         self.prefix = (prefix,) if isinstance(prefix, str) else tuple(prefix)
         self._targets = resolve(policy, paths)  # resolved once; plain list, so not registered twice
+        # the get-set core over the same policy, kept out of the module tree (state_dict stays the policy's)
+        object.__setattr__(self, "_hooked", HookedModule(policy))
         self.names = [name for name, _ in self._targets]
         self.in_keys = list(policy.in_keys)
         self.out_keys = list(policy.out_keys) + [self.key(n) for n in self.names]
@@ -83,19 +66,17 @@ class Recorder(TensorDictModuleBase):
         return (*self.prefix, name)
 
     def forward(self, td: TensorDictBase) -> TensorDictBase:
-        store = _Store()
-        with Hooks() as hooks:
-            for name, module in self._targets:
-                hooks.forward(module, store.hook(name))
-            out = self.policy(td)
-        out = td if out is None else out
-        for name in self.names:
-            value = store.values.get(name)
-            if value is None:
-                raise RuntimeError(f"Recorder: module {name!r} did not run during the policy's forward")
+        with self._hooked.run(td) as run:
+            saved = {name: run.save(site, detach=True) for name, site in zip(self.names, self._targets)}
+        out = run.output
+        values = run.collect(saved)
+        for name, value in values.items():
             if not isinstance(value, torch.Tensor):
-                raise TypeError(f"Recorder: module {name!r} returned {type(value).__name__}, not a tensor")
-            if torch._C._functorch.is_batchedtensor(value):
+                raise TypeError(
+                    f"Recorder: module {name!r} returned {type(value).__name__}, not a tensor; name an element of "
+                    f"it, e.g. '{name}@0'"
+                )
+            if is_vmapped(value):
                 raise RuntimeError(
                     f"Recorder: module {name!r} ran under torch.vmap; its activation cannot leave the vmapped "
                     "call. Record outside vmap (e.g. GAE(..., deactivate_vmap=True))"
@@ -103,7 +84,7 @@ class Recorder(TensorDictModuleBase):
             batch = out.batch_size
             if len(batch) > 1 and value.shape[: len(batch)] != batch and value.shape[:1] == (batch.numel(),):
                 value = value.reshape(*batch, *value.shape[1:])  # the policy flattened the batch dims
-            out.set(self.key(name), value.detach())
+            out.set(self.key(name), value)
         return out
 
     def __getattr__(self, name: str) -> Any:

@@ -1,7 +1,7 @@
-"""Weight methods: pruning, adapters (inserted modules) and task vectors; all undone on exit."""
+"""Weight methods: pruning, splices (inserted modules) and task vectors; all undone on exit."""
 
-from rlhook.weights.adapters import Adapter, LowRank
 from rlhook.weights.pruning import Pruning
+from rlhook.weights.splice import LowRank, Splice
 from rlhook.weights.task_vectors import TaskVector
 
-__all__ = ["Adapter", "LowRank", "Pruning", "TaskVector"]
+__all__ = ["LowRank", "Pruning", "TaskVector", "Splice"]

@@ -83,9 +83,8 @@ class Pruning(Method):
                 raise ValueError("an attribution importance needs data=TensorDict to attribute on")
         self.paths, self.amount, self.importance = paths, amount, importance
         self.structured, self.scope, self.data, self.target = structured, scope, data, target
-        self.masks: dict[str, torch.Tensor] = {}
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
         if self.paths is None:
             kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
             modules = [(n, m) for n, m in hooked.model.named_modules() if isinstance(m, kinds)]
@@ -97,15 +96,15 @@ class Pruning(Method):
             if not isinstance(getattr(m, "weight", None), torch.Tensor):
                 raise TypeError(f"module {name!r} ({type(m).__name__}) has no weight tensor to prune")
         scores = self._scores(hooked, modules)
-        self.masks = self._masks(modules, scores)
+        hooked.state.masks = masks = self._masks(modules, scores)
         with torch.no_grad():
             for name, m in modules:
-                mask = self.masks[name]
+                mask = masks[name]
                 m.weight.mul_(mask.to(m.weight.dtype))
                 if self.structured and getattr(m, "bias", None) is not None:
                     m.bias.mul_(mask.reshape(mask.shape[0], -1)[:, 0].to(m.bias.dtype))
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
         return hooked.model_forward(td)
 
     # -- importance --------------------------------------------------------------------------------------------

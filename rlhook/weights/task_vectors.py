@@ -116,7 +116,7 @@ class TaskVector(Method):
         return out
 
     # -- method --------------------------------------------------------------------------------------------------
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
         model = hooked.model
         tensors = dict(model.named_parameters())
         tensors.update(dict(model.named_buffers()))
@@ -135,7 +135,7 @@ class TaskVector(Method):
                     )
                 t.add_(v.to(device=t.device, dtype=t.dtype))
 
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
         return hooked.model_forward(td)
 
     def __repr__(self) -> str:

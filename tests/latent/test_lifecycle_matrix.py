@@ -20,7 +20,7 @@ from rlhook.latent import (
     SparseAutoencoder,
     SteeringVectors,
 )
-from rlhook.weights import Adapter, LowRank, Pruning, TaskVector
+from rlhook.weights import Splice, LowRank, Pruning, TaskVector
 from tests.latent.helpers import Boom, assert_unchanged, snapshot
 from tests.models import MLP
 
@@ -67,7 +67,7 @@ METHODS = {
     "probing": lambda: Probing(["layers.0", "layers.2"]),
     "tcav": lambda: TCAV("layers.1", lambda out: out["output"][..., 0]),
     "sae": lambda: SAESplice("layers.2", SparseAutoencoder(32, 16, kind="topk", k=4)),
-    "adapter": lambda: Adapter("layers.1", LowRank(32, 2, init_scale=1.0), mode="add"),
+    "adapter": lambda: Splice("layers.1", LowRank(32, 2, init_scale=1.0), mode="add"),
     "pruning_magnitude": lambda: Pruning(amount=0.5, structured=True),
     "pruning_grad": lambda: Pruning(
         "head", amount=0.5, importance="grad_x_weight", data=data(), target=lambda o: o["output"][..., 0]

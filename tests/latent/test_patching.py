@@ -7,14 +7,8 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from rlhook.latent import (
-    ActionLogProb,
-    ActivationPatching,
-    CategoricalKL,
-    LogitDiff,
-    NormalKL,
-    PathPatching,
-)
+from rlhook.latent import ActivationPatching, PathPatching
+from rlhook.targets import ActionLogProb, CategoricalKL, LogitDiff, NormalKL
 from tests.latent.helpers import check_lifecycle
 from tests.models import MLP, two_input_td, two_input_td_module
 
@@ -111,7 +105,7 @@ def test_td_module_divergences_and_logprob():
     td["action"] = torch.randint(0, 4, (3, 4))
     with torch.no_grad():
         with ActivationPatching(
-            "obs_net", ActionLogProb("logits"), divergence=CategoricalKL("logits")
+            "obs_net", ActionLogProb(logits="logits"), divergence=CategoricalKL("logits")
         ).prepare(module) as hooked:
             out = hooked(td.clone())
         inner = module.module

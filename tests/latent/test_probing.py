@@ -226,9 +226,9 @@ def test_tcav_known_direction():
         method = TCAV("1", "output", n_random=3)
         with method.prepare(model) as hooked:
             out = hooked(td.clone())
+            cav = hooked.state.cavs["1"]
         assert out["probe", "1", "tcav"][0] == expected
         assert out["probe", "1", "cav_accuracy"][0] > 0.9
-        cav = method.cavs["1"]
         torch.testing.assert_close(
             out["probe", "1", "cav_derivative"], (w @ cav).expand(50), atol=1e-5, rtol=1e-5
         )

@@ -40,7 +40,7 @@ def test_activation_addition_matches_means(model):
         ref_p, ref_n = acts(model, pos), acts(model, neg)
     for i, name in ((0, "layers.0"), (2, "layers.2")):
         v = ref_p[i].mean(0) - ref_n[i].mean(0)
-        torch.testing.assert_close(hooked.method.vectors[name], v)
+        torch.testing.assert_close(hooked.state.vectors[name], v)
         torch.testing.assert_close(out["steer", name][4], v)
         torch.testing.assert_close(vectors_from(out)[name], v)
 

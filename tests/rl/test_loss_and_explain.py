@@ -66,12 +66,14 @@ def test_loss_terms_match_autograd_reference(setup):
     with method.prepare(loss) as hooked:
         torch.manual_seed(7)
         td = hooked(batch.clone())
+        norms = hooked.state.grad_norms
     ref, fc1_norm = reference(loss, batch, actor, critic)
     for t in TERMS:
         for k in ("observation", ACT, CRIT):
             torch.testing.assert_close(td["attr", t, k], ref[t][k])
-    torch.testing.assert_close(method.grad_norms["loss_critic", "critic_network.module.fc1"], fc1_norm)
-    assert method.grad_norms["loss_critic", "actor_network.module.0.module.fc0"] == 0
+    torch.testing.assert_close(norms["loss_critic", "critic_network.module.fc1"], fc1_norm)
+    assert norms["loss_critic", "actor_network.module.0.module.fc0"] == 0
+    torch.testing.assert_close(td["grad_norm", "loss_critic", "critic_network.module.fc1"], fc1_norm.expand(td.shape))
     assert hook_count(actor) == hook_count(critic) == 0
     assert all(p.grad is None for p in loss.parameters())
 

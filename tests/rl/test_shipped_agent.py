@@ -51,7 +51,7 @@ def test_steering_changes_return_with_paired_seeds(agent):
     method = ActivationAddition("module.0.module.act1")
     with method.prepare(actor) as hooked:
         hooked(contrast)
-    v = method.vectors["module.0.module.act1"]
+        v = hooked.state.vectors["module.0.module.act1"]
     make = lambda seed: make_env(seed=seed, obs_stats=stats)
     effect = paired_rollouts(
         make, actor, SteeringVectors({"module.0.module.act1": v}, scale=40.0), seeds=[0, 1]

@@ -9,7 +9,7 @@ from torch import nn
 
 from rlhook import hook_count
 from rlhook.attribution import InputXGradient
-from rlhook.weights import Adapter, LowRank, Pruning, TaskVector
+from rlhook.weights import Splice, LowRank, Pruning, TaskVector
 from tests.latent.helpers import Boom, assert_unchanged, check_lifecycle, snapshot
 from tests.models import MLP, two_input_td, two_input_td_module
 
@@ -43,7 +43,7 @@ def test_adapter_matches_reference(mlp, td, mode):
     torch.manual_seed(2)
     edit = LowRank(32, 4, init_scale=0.5)
     with torch.no_grad():
-        with Adapter("layers.1", edit, mode=mode).prepare(mlp) as hooked:
+        with Splice("layers.1", edit, mode=mode).prepare(mlp) as hooked:
             out = hooked(td.clone())["output"]
         if mode == "before":  # input of layers.1 = output of layers.0
             ref = mlp_forward(mlp, td["input"], {0: edit})
@@ -56,7 +56,7 @@ def test_adapter_matches_reference(mlp, td, mode):
 
 def test_adapter_between_two_points(mlp, td):
     edit = nn.Linear(32, 32)
-    with torch.no_grad(), Adapter("layers.2", edit, mode="add", source="layers.0").prepare(mlp) as hooked:
+    with torch.no_grad(), Splice("layers.2", edit, mode="add", source="layers.0").prepare(mlp) as hooked:
         out = hooked(td.clone())["output"]
         h0 = torch.relu(mlp.layers[0][0](td["input"]))
         h2 = torch.relu(mlp.layers[2][0](torch.relu(mlp.layers[1][0](h0))))
@@ -65,9 +65,9 @@ def test_adapter_between_two_points(mlp, td):
 
 
 def test_adapter_no_surgery_and_lifecycle(mlp, td):
-    check_lifecycle(Adapter({"layers.0": LowRank(32, 2, init_scale=1.0), "layers.2": nn.Identity()}), mlp, td)
+    check_lifecycle(Splice({"layers.0": LowRank(32, 2, init_scale=1.0), "layers.2": nn.Identity()}), mlp, td)
     with pytest.raises(ValueError, match="shape"):
-        with Adapter("layers.0", nn.Linear(32, 5)).prepare(mlp) as hooked:
+        with Splice("layers.0", nn.Linear(32, 5)).prepare(mlp) as hooked:
             hooked(td.clone())
     assert hook_count(mlp) == 0
 
@@ -76,7 +76,7 @@ def test_adapter_td_module():
     module = two_input_td_module()
     td = two_input_td()
     with torch.no_grad():
-        with Adapter("obs_net", lambda h: -h).prepare(module) as hooked:
+        with Splice("obs_net", lambda h: -h).prepare(module) as hooked:
             out = hooked(td.clone())
         inner = module.module  # reference outside the block (inside, obs_net is edited)
         h = -inner.obs_net(td["obs"]) * inner.goal_net(td["goal"])
@@ -106,12 +106,12 @@ def test_structured_global_and_grad_x_weight(mlp, td):
     with Pruning(["layers.0.0", "layers.1.0"], amount=0.25, structured=True, scope="global").prepare(
         mlp
     ) as h:
-        m = h.method.masks
+        m = h.state.masks
         rows0 = (~m["layers.0.0"].all(1)).sum() + (~m["layers.1.0"].all(1)).sum()
         assert rows0 == 16 and (mlp.layers[0][0].bias[~m["layers.0.0"].all(1)] == 0).all()
     target = lambda out: out["output"][..., 0]
     with Pruning("head", amount=0.5, importance="grad_x_weight", data=td, target=target).prepare(mlp) as h:
-        mask = h.method.masks["head"]
+        mask = h.state.masks["head"]
     with torch.enable_grad():  # manual |W * dT/dW|: only row 0 of the head has a gradient for output 0
         (g,) = torch.autograd.grad(mlp(td["input"])[:, 0].sum(), mlp.head.weight)
     score = (mlp.head.weight * g).abs().detach()
@@ -120,7 +120,7 @@ def test_structured_global_and_grad_x_weight(mlp, td):
     with Pruning(
         "layers.1.0", amount=0.5, importance=InputXGradient(target), structured=True, data=td
     ).prepare(mlp) as h:
-        unit = h.method.masks["layers.1.0"].all(1)
+        unit = h.state.masks["layers.1.0"].all(1)
     with torch.no_grad():  # manual unit importance: mean |activation * gradient| of each output unit
         a = mlp.layers[1][0](mlp.layers[0](td["input"])).detach().requires_grad_(True)
         t = mlp.head(mlp.layers[2](torch.relu(a)))[:, 0].sum()

@@ -16,18 +16,6 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class _Undo:
-    """A handle ``Hooks`` removes with the others: runs ``fn`` once."""
-
-    def __init__(self, fn) -> None:
-        self.fn = fn
-
-    def remove(self) -> None:
-        fn, self.fn = self.fn, None
-        if fn is not None:
-            fn()
-
-
 class Canonizer:
     """Base class: ``apply(model, hooks)`` edits the model and registers, through ``hooks``, whatever undoes
     the edit (so leaving ``prepare`` restores the model bitwise, on success and on error)."""
@@ -95,7 +83,7 @@ class MergeBatchNorm(Canonizer):
                 affine.bias = None
             bn.train(training)
 
-        hooks._keep(_Undo(undo))
+        hooks.undo(undo)
         bn.eval()
         with torch.no_grad():
             weight.copy_(new_w)

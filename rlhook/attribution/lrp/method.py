@@ -15,7 +15,7 @@ from rlhook.attribution.lrp.composite import Composite
 from rlhook.attribution.lrp.rules import Rule
 from rlhook.hooks import Hooks
 from rlhook.methods import Prepared
-from rlhook.targets import SINGLE, Target, evaluate
+from rlhook.targets import Target, evaluate
 
 __all__ = ["LRP"]
 
@@ -88,31 +88,29 @@ class LRP(GradientMethod):
         self.composite = composite if composite is not None else Composite()
         self.canonizers = list(canonizers)
 
-    def _setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        super()._setup(hooked, hooks)
+    def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        super().setup(hooked, hooks)
         for canonizer in self.canonizers:
             canonizer.apply(hooked.model, hooks)
         busy: set[int] = set()
         for name, module, rule in self.composite.rules(hooked.model):
             if getattr(module, "inplace", False):
-                module.inplace = False
-                hooks._keep(_SetBack(module))
+                hooks.setattr(module, "inplace", False)
             hooks.forward(module, _install(module, rule, name, busy))
 
-    def _attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
+    def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         o = self.options
         sums = self.input_gradients(hooked, flat, keys)
         with torch.no_grad():
             scores = evaluate(o.target, hooked.model_forward(flat.clone(False)), batch_dims=1)
         result: dict = {}
-        self._deltas = {}
         for t, maps in sums.items():
             f = scores[t]
             result[t] = {k: r * f.reshape(-1, *([1] * (r.dim() - 1))).to(r.dtype) for k, r in maps.items()}
             if keys:
                 total = sum(result[t][k].reshape(f.shape[0], -1).sum(-1) for k in keys)
-                self._deltas[t] = total - f.to(total.dtype)
-                self._check(t, self._deltas[t], f)
+                hooked.state.deltas[t] = total - f.to(total.dtype)
+                self._check(t, hooked.state.deltas[t], f)
         return result
 
     def _check(self, name: str | None, delta: torch.Tensor, f: torch.Tensor) -> None:
@@ -127,18 +125,3 @@ class LRP(GradientMethod):
                 f"{self.conservation}); biases, stabilisers, rules such as Flat/WSquare on biased layers, or an "
                 "unhandled addition (map Residual to the block or use lrp.Sum) absorb or double relevance"
             )
-
-    def _apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        self._deltas = {}
-        td = super()._apply(hooked, td)
-        for t, d in self._deltas.items():
-            td.set("attr_delta" if t is SINGLE else ("attr_delta", t), d.reshape(td.batch_size).detach())
-        return td
-
-
-class _SetBack:
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def remove(self) -> None:
-        self.module.inplace = True

@@ -1,150 +1,27 @@
-"""Targets: what an attribution (or a gradient save) explains.
-
-A target is
-
-- an output key (``"state_value"``, ``("next", "reward")``): the tensor at that key;
-- a callable ``outputs_td -> Tensor | TensorDict``;
-- a preset from this module, e.g. ``ClassLogit(3)`` or ``ClassLogit(labels="labels")``, or one of the RL
-  presets that work on TorchRL actors and critics: ``ActionLogProb`` (log-probability of the taken action
-  under the policy distribution: TanhNormal, Normal, Categorical, masked Categorical ...), ``DistParams``
-  (loc, scale ...), ``Entropy``, ``StateValue``, ``ActionValue`` (Q(s, a) of the taken action),
-  ``KLToReference`` (KL to a reference policy) and ``WDL`` (chess win/draw/loss outcomes). Prepare methods
-  that explain the taken action on ``policy_params(actor)``: a full actor samples and overwrites it.
-
-A target that returns a TensorDict of K entries explains K things at once (one map each). Every target
-tensor is reduced to one number per example by summing the dimensions after the batch dimensions, so a
-target of shape ``batch + (d,)`` explains the sum of its ``d`` entries.
-"""
+"""RL presets on TorchRL actors and critics: log-probability of the taken action, distribution parameters,
+entropy, values and KL to a reference policy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.hooked import get_key
+from rlhook.keys import get_key
+from rlhook.targets.core import OutputKey
 
 __all__ = [
-    "Target",
-    "ClassLogit",
-    "OutputKey",
-    "evaluate",
-    "SINGLE",
     "ActionLogProb",
     "ActionValue",
     "DistParams",
     "Entropy",
     "KLToReference",
     "StateValue",
-    "WDL",
     "policy_params",
 ]
-
-Target = NestedKey | Callable[[TensorDictBase], "torch.Tensor | TensorDictBase"]
-
-#: the name under which a single (non-TensorDict) target is kept by ``evaluate``
-SINGLE = None
-
-
-class OutputKey:
-    """The tensor at an output key (what a plain key target means)."""
-
-    def __init__(self, key: NestedKey) -> None:
-        self.key = key
-
-    def __call__(self, out: TensorDictBase) -> torch.Tensor:
-        return get_key(out, self.key, what="target")
-
-    def __repr__(self) -> str:
-        return f"OutputKey({self.key!r})"
-
-
-class ClassLogit:
-    """Logit(s) of one or several classes, or of per-example labels read from a TensorDict key.
-
-    Args:
-        classes: a class index, a list of indices (each becomes its own target ``"class_{i}"``), or ``None``
-            when ``labels`` is given.
-        labels: key of an integer tensor of shape ``batch`` holding each example's class.
-        key: the logits key, shape ``batch + (n_classes,)``.
-    """
-
-    def __init__(
-        self,
-        classes: int | Sequence[int] | None = None,
-        *,
-        labels: NestedKey | None = None,
-        key: NestedKey = "output",
-    ) -> None:
-        if (classes is None) == (labels is None):
-            raise ValueError("ClassLogit needs exactly one of classes=... or labels=...")
-        self.classes, self.labels, self.key = classes, labels, key
-
-    def __call__(self, out: TensorDictBase) -> torch.Tensor | TensorDictBase:
-        logits = get_key(out, self.key, what="logits")
-        if self.labels is not None:
-            labels = get_key(out, self.labels, what="labels").long()
-            return logits.gather(-1, labels.reshape(*logits.shape[:-1], 1)).squeeze(-1)
-        if isinstance(self.classes, int):
-            return logits[..., self.classes]
-        return TensorDict({f"class_{c}": logits[..., c] for c in self.classes}, batch_size=out.batch_size)
-
-    def __repr__(self) -> str:
-        what = f"labels={self.labels!r}" if self.labels is not None else f"classes={self.classes!r}"
-        return f"ClassLogit({what}, key={self.key!r})"
-
-
-def as_callable(target: Target) -> Callable[[TensorDictBase], Any]:
-    """A target spec as a callable on the output TensorDict."""
-    if target is None:
-        raise ValueError("a target is needed: an output key, a callable outputs_td -> Tensor, or a preset")
-    if isinstance(target, str | tuple):
-        return OutputKey(target)
-    if callable(target):
-        return target
-    raise TypeError(f"a target must be an output key, a callable or a preset, not {type(target).__name__}")
-
-
-def evaluate(
-    target: Target, out: TensorDictBase, batch_dims: int | None = None
-) -> dict[str | None, torch.Tensor]:
-    """Evaluate ``target`` on ``out``: ``{name: per-example tensor of shape out.batch_size}``.
-
-    A single target is returned under the name ``None`` (``SINGLE``); a TensorDict target under its
-    (string-joined) leaf names. Raises a clear error when a target does not depend on the graph.
-    """
-    value = as_callable(target)(out)
-    nb = out.batch_dims if batch_dims is None else batch_dims
-    if isinstance(value, TensorDictBase):
-        items = {
-            (k if isinstance(k, str) else ".".join(k)): v
-            for k, v in value.items(include_nested=True, leaves_only=True)
-        }
-    elif isinstance(value, torch.Tensor):
-        items = {SINGLE: value}
-    else:
-        raise TypeError(
-            f"target {target!r} returned {type(value).__name__}; expected a Tensor or a TensorDict"
-        )
-    result = {}
-    for name, v in items.items():
-        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
-            raise TypeError(
-                f"target {name or target!r} is not a floating tensor ({getattr(v, 'dtype', type(v))}); "
-                "gradients need a differentiable float output"
-            )
-        if v.dim() < nb:
-            raise ValueError(
-                f"target {name or target!r} has shape {tuple(v.shape)}, fewer dims than the batch {nb}"
-            )
-        result[name] = v.reshape(*v.shape[:nb], -1).sum(-1) if v.dim() > nb else v
-    return result
-
-
-# -- RL presets -------------------------------------------------------------------------------------------------
 
 
 def _policy_head(actor: Any) -> Any:
@@ -245,7 +122,8 @@ class ActionLogProb(_Distribution):
     """``log pi(a|s)`` of the taken action ``a`` (read at ``action_key``) under the policy distribution built
     from the output TensorDict (TanhNormal, Normal, Categorical, OneHotCategorical, MaskedCategorical ...).
 
-    With ``log_prob_key`` the log-probability is read from that key instead (a ``sample_log_prob`` written
+    With ``logits`` the policy is categorical over the logits at that key (the action given as indices or as
+    one-hot vectors). With ``log_prob_key`` the log-probability is read from that key instead (a ``sample_log_prob`` written
     by the actor: the log-probability of the action the actor sampled in this forward).
 
     Reads: the distribution parameters (e.g. ``"loc"``, ``"scale"`` or ``"logits"``, ``"action_mask"``) and
@@ -261,20 +139,30 @@ class ActionLogProb(_Distribution):
         dist_kwargs: dict | None = None,
         action_key: NestedKey = "action",
         log_prob_key: NestedKey | None = None,
+        logits: NestedKey | None = None,
     ) -> None:
-        self.action_key, self.log_prob_key = action_key, log_prob_key
-        if log_prob_key is None:
+        self.action_key, self.log_prob_key, self.logits = action_key, log_prob_key, logits
+        if logits is not None and (actor is not None or dist_class is not None or log_prob_key is not None):
+            raise ValueError("pass logits=... alone: it builds the categorical policy from that key")
+        if log_prob_key is None and logits is None:
             super().__init__(actor, dist_class, dist_keys, dist_kwargs)
 
     def __call__(self, out: TensorDictBase) -> torch.Tensor:
         if self.log_prob_key is not None:
             return get_key(out, self.log_prob_key, what="log-prob")
+        if self.logits is not None:  # categorical from logits; the action as indices or one-hot vectors
+            logp = torch.log_softmax(get_key(out, self.logits, what="logits"), -1)
+            a = _taken_action(out, self.action_key)
+            a = a.argmax(-1) if a.shape == logp.shape else a
+            return logp.gather(-1, a.long().reshape(*logp.shape[:-1], 1)).squeeze(-1)
         dist = super().__call__(out)
         return dist.log_prob(_taken_action(out, self.action_key))
 
     def __repr__(self) -> str:
         if self.log_prob_key is not None:
             return f"ActionLogProb(log_prob_key={self.log_prob_key!r})"
+        if self.logits is not None:
+            return f"ActionLogProb(logits={self.logits!r}, action_key={self.action_key!r})"
         return f"ActionLogProb({self._describe()}, action_key={self.action_key!r})"
 
 
@@ -414,46 +302,3 @@ class KLToReference(_Distribution):
 
     def __repr__(self) -> str:
         return f"KLToReference({self.reference!r}, {self._describe()})"
-
-
-class WDL:
-    """Chess outcome targets from the ``"wdl"`` logits key (shape ``batch + (3,)``, order win, draw, loss).
-
-    ``outcomes`` picks entries of ``"W"``, ``"D"``, ``"L"`` (one map each; a single string gives one
-    target) and ``"score"`` for the expected score ``P(W) - P(L)``. ``kind="prob"`` explains softmax
-    probabilities, ``"logit"`` the raw logits, ``"logprob"`` log-softmax.
-    """
-
-    _INDEX = {"W": 0, "D": 1, "L": 2}
-
-    def __init__(
-        self, outcomes: str | Sequence[str] = ("W", "D", "L"), *, kind: str = "prob", key: NestedKey = "wdl"
-    ) -> None:
-        names = [outcomes] if isinstance(outcomes, str) else list(outcomes)
-        bad = [o for o in names if o not in (*self._INDEX, "score")]
-        if bad or kind not in ("prob", "logit", "logprob"):
-            raise ValueError(
-                f"WDL outcomes must be among 'W', 'D', 'L', 'score' (got {names}) and kind one of "
-                f"'prob', 'logit', 'logprob' (got {kind!r})"
-            )
-        if kind == "logit" and "score" in names:
-            raise ValueError("the expected score needs probabilities: use kind='prob' with 'score'")
-        self.outcomes, self.single, self.kind, self.key = names, isinstance(outcomes, str), kind, key
-
-    def __call__(self, out: TensorDictBase) -> torch.Tensor | TensorDictBase:
-        logits = get_key(out, self.key, what="WDL logits")
-        if logits.shape[-1] != 3:
-            raise ValueError(
-                f"WDL logits at {self.key!r} must end in 3 entries (W, D, L), got {tuple(logits.shape)}"
-            )
-        values = {"logit": logits, "prob": logits.softmax(-1), "logprob": logits.log_softmax(-1)}[self.kind]
-        result = {
-            o: (values[..., 0] - values[..., 2]) if o == "score" else values[..., self._INDEX[o]]
-            for o in self.outcomes
-        }
-        if self.single:
-            return result[self.outcomes[0]]
-        return TensorDict(result, batch_size=out.batch_size)
-
-    def __repr__(self) -> str:
-        return f"WDL({self.outcomes!r}, kind={self.kind!r}, key={self.key!r})"
