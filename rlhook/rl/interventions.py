@@ -62,7 +62,9 @@ class Ablation(Method):
         self.units, self.value = dict(units), value
 
     def setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        hooked.state.edits = [(hooked.resolve_one(p), _SetUnits(u, self.value)) for p, u in self.units.items()]
+        hooked.state.edits = [
+            (hooked.resolve_one(p), _SetUnits(u, self.value)) for p, u in self.units.items()
+        ]
 
     def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
         with hooked.run(td) as run:

@@ -101,7 +101,8 @@ class LossAttribution(Method):
         # resolved against the networks, so the sites' modules belong to the loss
         state.layers = resolve(nets, self.layers) if self.layers is not None else []
         weighted = [
-            (name, [p for p in m.parameters(recurse=False) if p.requires_grad]) for name, m in nets.named_modules()
+            (name, [p for p in m.parameters(recurse=False) if p.requires_grad])
+            for name, m in nets.named_modules()
         ]
         state.weighted = [(name, ps) for name, ps in weighted if ps]
         state.grad_norms = None

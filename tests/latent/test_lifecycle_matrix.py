@@ -20,7 +20,7 @@ from rlhook.latent import (
     SparseAutoencoder,
     SteeringVectors,
 )
-from rlhook.weights import Splice, LowRank, Pruning, TaskVector
+from rlhook.weights import LowRank, Pruning, Splice, TaskVector
 from tests.latent.helpers import Boom, assert_unchanged, snapshot
 from tests.models import MLP
 

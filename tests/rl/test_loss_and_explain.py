@@ -73,7 +73,9 @@ def test_loss_terms_match_autograd_reference(setup):
             torch.testing.assert_close(td["attr", t, k], ref[t][k])
     torch.testing.assert_close(norms["loss_critic", "critic_network.module.fc1"], fc1_norm)
     assert norms["loss_critic", "actor_network.module.0.module.fc0"] == 0
-    torch.testing.assert_close(td["grad_norm", "loss_critic", "critic_network.module.fc1"], fc1_norm.expand(td.shape))
+    torch.testing.assert_close(
+        td["grad_norm", "loss_critic", "critic_network.module.fc1"], fc1_norm.expand(td.shape)
+    )
     assert hook_count(actor) == hook_count(critic) == 0
     assert all(p.grad is None for p in loss.parameters())
 

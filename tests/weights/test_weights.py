@@ -9,7 +9,7 @@ from torch import nn
 
 from rlhook import hook_count
 from rlhook.attribution import InputXGradient
-from rlhook.weights import Splice, LowRank, Pruning, TaskVector
+from rlhook.weights import LowRank, Pruning, Splice, TaskVector
 from tests.latent.helpers import Boom, assert_unchanged, check_lifecycle, snapshot
 from tests.models import MLP, two_input_td, two_input_td_module
 
