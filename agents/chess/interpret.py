@@ -487,9 +487,8 @@ def probe_concepts(
         if kind not in cache:
             cache[kind] = {m: _standardise(a, n_train, kind) for m, a in activations.items()}
         for model, layers in cache[kind].items():
-            host = _Host(list(layers))
             feats = {name: z for name, (z, _) in layers.items()}
-            td = TensorDict({"cache": feats, "labels": y, "x": torch.zeros(len(y))}, batch_size=[len(y)])
+            td = TensorDict({"cache": feats, "labels": y}, batch_size=[len(y)])
             probing = Probing(
                 list(layers),
                 task=task,
@@ -499,9 +498,8 @@ def probe_concepts(
                 metrics=(metric,),
                 control=control,
             )
-            with probing.prepare(host, in_keys=["x"], out_keys=["y"]):
-                probing.fit(td[rows])
-                scored = probing.score(td[n_train:])
+            probing.fit(td[rows])  # activations are cached: no model is needed
+            scored = probing.score(td[n_train:])
             res.scores[model] = {n: float(scored["probe", n, metric][0]) for n in layers}
             if control:
                 res.control[model] = {n: float(scored["probe", n, "control_" + metric][0]) for n in layers}
@@ -509,22 +507,6 @@ def probe_concepts(
             res.stats[model] = {name: s for name, (_, s) in layers.items()}
         results[concept] = res
     return results
-
-
-class _Host(nn.Module):
-    """Holds one identity submodule per layer name, so ``Probing`` can resolve the paths whose activations
-    are already in the TensorDict under ``("cache", name)`` (it then runs no forward)."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        super().__init__()
-        self.names = list(names)
-        for name in self.names:
-            self.add_module(name, nn.Identity())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.names:
-            x = getattr(self, name)(x)
-        return x
 
 
 def probe_squares(
@@ -563,7 +545,6 @@ def probe_squares(
             flat = f[:n_train].reshape(-1, f.shape[-1])
             mu, sd = flat.mean(0), flat.std(0) + 1e-3
             feats[name], stats[name] = (f - mu) / sd, (mu, sd)
-        host = _Host(list(layers))
         probing = Probing(
             list(layers), task="classification", C=C, metrics=("balanced_accuracy",), control=True
         )
@@ -573,21 +554,20 @@ def probe_squares(
             return TensorDict(
                 {"cache": {n: z[rows][sel] for n, z in feats.items()}, "labels": y_sq[rows][sel]},
                 batch_size=[int(sel.sum())],
-            ).set("x", torch.zeros(int(sel.sum())))
+            )
 
-        with probing.prepare(host, in_keys=["x"], out_keys=["y"]):
-            probing.fit(squares(slice(0, n_train))[train_rows])
-            scored = probing.score(squares(slice(n_train, None)))
-            res.scores[model], res.control[model] = {}, {}
-            for name in layers:
-                res.scores[model][name] = float(scored["probe", name, "balanced_accuracy"][0])
-                res.control[model][name] = float(scored["probe", name, "control_balanced_accuracy"][0])
-                if y_global is None:
-                    continue
-                z = feats[name][n_train:]
-                pred = probing.probes[name].predict(z.reshape(-1, z.shape[-1])).reshape(z.shape[:3])
-                hit = (pred.bool() & theirs[n_train:]).flatten(1).any(1).long()
-                res.scores[model][name + "/global"] = balanced_accuracy(y_global[n_train:], hit)
+        probing.fit(squares(slice(0, n_train))[train_rows])  # cached activations: no model is needed
+        scored = probing.score(squares(slice(n_train, None)))
+        res.scores[model], res.control[model] = {}, {}
+        for name in layers:
+            res.scores[model][name] = float(scored["probe", name, "balanced_accuracy"][0])
+            res.control[model][name] = float(scored["probe", name, "control_balanced_accuracy"][0])
+            if y_global is None:
+                continue
+            z = feats[name][n_train:]
+            pred = probing.probes[name].predict(z.reshape(-1, z.shape[-1])).reshape(z.shape[:3])
+            hit = (pred.bool() & theirs[n_train:]).flatten(1).any(1).long()
+            res.scores[model][name + "/global"] = balanced_accuracy(y_global[n_train:], hit)
         res.probes[model] = {n: probing.probes[n] for n in layers}
         res.stats[model] = stats
     return res
