@@ -86,13 +86,25 @@ class Prepared(HookedModule):
                 f"a prepared {type(self.method).__name__} is called with a TensorDict, got {type(td).__name__}: "
                 "wrap tensors as TensorDict({'input': x}, batch_size=[len(x)])"
             )
-        if td.batch_dims > 0:
+        if td.batch_dims > 0 and td.batch_size.numel() > 0:
             return self.method.apply(self, td)
-        out = self.method.apply(self, td.unsqueeze(0))
-        for key in out.keys(include_nested=True, leaves_only=True):
-            value = out.get(key)
-            td.set(key, value[0] if isinstance(value, torch.Tensor) and value.dim() else value)
-        return td
+        if td.batch_dims == 0:  # unbatched: a batch of one, products written back unbatched
+            return _write_back(td, self.method.apply(self, td.unsqueeze(0)), lambda v: v[0])
+        # an empty batch: the method runs on one row of zeros, so every product gets its shape; none is kept
+        nb, batch = td.batch_dims, td.batch_size
+        row = td.apply(lambda v: v.new_zeros((1,) * nb + v.shape[nb:]), batch_size=[1] * nb)
+        given = set(td.keys(include_nested=True, leaves_only=True))
+        out = self.method.apply(self, row)
+        return _write_back(td, out, lambda v: v[(slice(0, 0),) * nb].reshape(*batch, *v.shape[nb:]), given)
+
+
+def _write_back(td: TensorDictBase, out: TensorDictBase, fit, skip: set | None = None) -> TensorDictBase:
+    for key in out.keys(include_nested=True, leaves_only=True):
+        if skip is not None and key in skip:
+            continue
+        value = out.get(key)
+        td.set(key, fit(value) if isinstance(value, torch.Tensor) and value.dim() else value)
+    return td
 
 
 class Method:

@@ -97,21 +97,10 @@ class GradientMethod(Method):
         keys = self.input_keys(hooked, td)
         flat = flat_view(td)
         hooked.state.deltas = {}
-        if flat.batch_size[0] == 0:
-            products = self._empty(hooked, flat, keys)
-        else:
-            with torch.set_grad_enabled(self.needs_grad):
-                products = self.attribute(hooked, flat, keys)
+        with torch.set_grad_enabled(self.needs_grad):
+            products = self.attribute(hooked, flat, keys)
         self.write(td, products, hooked.state.deltas)
         return td
-
-    def _empty(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
-        """Empty maps of the right shapes for an empty batch (one forward of zero rows names the targets)."""
-        with torch.no_grad(), hooked.run(flat.clone(False)) as run:
-            acts = {name: run.save((name, module)) for name, module in hooked.state.layers}
-        scores = evaluate(self.options.target, run.output, batch_dims=1)
-        shapes = {k: flat.get(k) for k in keys} | run.collect(acts)
-        return {t: {k: torch.zeros_like(v) for k, v in shapes.items()} for t in scores}
 
     def write(
         self,

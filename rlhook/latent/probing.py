@@ -9,6 +9,7 @@ forward of the prepared model. Estimators live in ``rlhook.latent.estimators``, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -96,8 +97,7 @@ class Probing(Method):
         )
         self.set_keys(labels=labels)
         make_estimator(estimator, task, alpha, C)  # fail early on a bad estimator
-        self.probes: dict[str, Any] = {}
-        self.results: list[dict[str, Any]] = []
+        self._fitted = SimpleNamespace(probes={}, results=[])  # model-free fits, or the last prepare's
 
     # -- set-up and activations ----------------------------------------------------------------------------------
     def setup(self, hooked: Prepared, hooks: Hooks) -> None:
@@ -110,10 +110,30 @@ class Probing(Method):
         hooked.state.modules = list(found.items())
         hooked.state.names = [n for n, _ in mods]
         hooked.state.pairs = [(na, nb) for (na, _), (nb, _) in pair_mods]
-        self.probes, self.results = {}, []
+        hooked.state.fitted = SimpleNamespace(probes={}, results=[])
         active = self.__dict__.setdefault("_active", [])
         active.append(hooked)
-        hooks.undo(lambda: active.remove(hooked))
+
+        def leave() -> None:
+            active.remove(hooked)
+            self._fitted = hooked.state.fitted  # what was fitted stays readable after the block
+
+        hooks.undo(leave)
+
+    @property
+    def _store(self) -> SimpleNamespace:
+        """Fitted probes and score rows of the innermost prepare (each prepared model has its own)."""
+        active = self.__dict__.get("_active") or []
+        return active[-1].state.fitted if active else self._fitted
+
+    @property
+    def probes(self) -> dict[str, Any]:
+        """``{name: fitted probe}`` (``"control:" + name`` for the shuffled-label controls)."""
+        return self._store.probes
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return self._store.results
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_active"}
@@ -187,14 +207,14 @@ class Probing(Method):
     def fit(self, td: TensorDictBase) -> dict[str, Any]:
         """Fit one probe per module (and pair) on ``td``; returns ``{name: probe}``."""
         acts, y = self.activations(td), self._labels(td)
-        self.probes = {}
+        self._store.probes = probes = {}
         for name, x in self._features(acts).items():
-            self.probes[name] = self._fit_one(x, y)
+            probes[name] = self._fit_one(x, y)
             if self.control:
                 g = torch.Generator().manual_seed(self.seed)
                 perm = torch.randperm(len(y), generator=g).to(y.device)
-                self.probes["control:" + name] = self._fit_one(x, y[perm])
-        return self.probes
+                probes["control:" + name] = self._fit_one(x, y[perm])
+        return probes
 
     def _fit_one(self, x: Any, y: torch.Tensor) -> Any:
         if isinstance(x, tuple):
@@ -261,7 +281,12 @@ class Probing(Method):
         return list(self.results)
 
     def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        if not self.probes:
-            self.fit(td)
-            return self.score(td, split="train")
-        return self.score(td)
+        active = self.__dict__["_active"]
+        active.append(hooked)  # this call works on the prepare it was made on, not the innermost one
+        try:
+            if not self.probes:
+                self.fit(td)
+                return self.score(td, split="train")
+            return self.score(td)
+        finally:
+            active.pop()

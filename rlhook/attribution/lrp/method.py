@@ -64,8 +64,8 @@ class LRP(GradientMethod):
     The relevance of a target starts as its value (at the outputs it selects) and flows back through the
     model, each module redistributing it by its rule from ``composite`` (``Composite()``: LRP-epsilon).
     ``canonizers`` (e.g. ``MergeBatchNorm()``) rewrite the model for the prepare block and are undone
-    bitwise on exit. Rules are autograd functions inserted by forward hooks (through ``Hooks``) at each ruled
-    module's output; modules called functionally are seen as plain gradients.
+    bitwise on exit. Rules are autograd functions inserted by forward hooks (through ``Hooks``, for each call)
+    at each ruled module's output; modules called functionally are seen as plain gradients.
 
     Reads the attributed inputs; writes ``("attr", k)`` (relevance, same shape as ``k``; or
     ``("attr", name, k)`` per target), ``("attr", layer)`` for ``layers=[...]`` (relevance at the layer's
@@ -92,11 +92,18 @@ class LRP(GradientMethod):
         super().setup(hooked, hooks)
         for canonizer in self.canonizers:
             canonizer.apply(hooked.model, hooks)
-        busy: set[int] = set()
-        for name, module, rule in self.composite.rules(hooked.model):
+        hooked.state.rules = list(self.composite.rules(hooked.model))
+        for _, module, _ in hooked.state.rules:
             if getattr(module, "inplace", False):
                 hooks.setattr(module, "inplace", False)
-            hooks.forward(module, _install(module, rule, name, busy))
+
+    def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        # rules live for this call only, so the same model can be explained nested or by another method
+        busy: set[int] = set()
+        with Hooks() as hooks:
+            for name, module, rule in hooked.state.rules:
+                hooks.forward(module, _install(module, rule, name, busy))
+            return super().apply(hooked, td)
 
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         o = self.options
