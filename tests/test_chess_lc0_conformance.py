@@ -215,3 +215,22 @@ def test_lc0_reads_what_the_linear16_file_declares(tmp_path):
     weights = lczero.Weights(str(path))
     assert weights.min_version() == "0.26.0" and weights.blocks() == 3
     assert weights.input_format() == 1  # INPUT_CLASSICAL_112_PLANE
+
+
+def test_finished_games_keep_lc0s_moves(backend):
+    """Positions python-chess calls game over but with moves left: the mask is lc0's move list."""
+    fivefold = chess.Board()
+    for _ in range(4):
+        for uci in ("g1f3", "g8f6", "f3g1", "f6g8"):
+            fivefold.push_uci(uci)
+    boards = [
+        chess.Board("8/8/4k3/8/8/3NK3/8/8 w - - 0 1"),  # insufficient material
+        chess.Board("8/8/4k3/8/3r4/3RK3/8/8 w - - 150 200"),  # 75-move rule
+        fivefold,
+    ]
+    for board in boards:
+        assert board.is_game_over()
+        state = lc0_state(board)
+        mask = legal_move_mask(board)
+        assert mask.any() and set(torch.nonzero(mask).flatten().tolist()) == set(state.policy_indices())
+        assert torch.equal(boards_to_planes([board], fill=LC0_HISTORY_FILL)[0], lc0_planes(state, backend))
