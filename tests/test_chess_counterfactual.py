@@ -20,6 +20,7 @@ from agents.chess.counterfactual import (  # noqa: E402
     edits_td,
     move_index,
     patch_edits,
+    square_masks,
     summarise_effects,
     what_changes_the_move,
 )
@@ -139,6 +140,16 @@ def test_patching_the_original_into_its_edit_restores_the_move():
     assert float(result["original"][0] - result["edited"][0]) > 1.0  # the edit matters to the capture's logit
     for layer in ("inputconv", "block2", "block5"):
         torch.testing.assert_close(result[layer + "/restored"], torch.ones(1), atol=1e-4, rtol=0)
+    everywhere = patch_edits(
+        net, td, ["block2"], torch.tensor([capture]), torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    )
+    torch.testing.assert_close(everywhere["block2"], result["block2"], atol=1e-5, rtol=0)
+    # the 3x3 stem sees the edit only next to d3 and d4: h8's vector is the same in both runs
+    far = patch_edits(net, td, ["inputconv"], torch.tensor([capture]), square_masks([original], ["h8"]))
+    assert float(far["inputconv"].abs()) < 1e-5
+    near = patch_edits(net, td, ["inputconv"], torch.tensor([capture]), square_masks([original], ["d4"]))
+    assert float(near["inputconv"]) > 0.1  # the queen's own square carries part of the capture's logit
+    assert square_masks([original], ["d4"])[0, 0, 4, 3]  # black to move: rank 4 is plane row 7 - 3
     with pytest.raises(ValueError, match="as many edited boards as originals"):
         edits_td([original], [])
 

@@ -17,7 +17,14 @@ FINAL = Path(__file__).resolve().parents[1] / "agents" / "chess" / "checkpoints"
 @pytest.mark.skipif(not FINAL.exists(), reason="shipped checkpoint missing")
 def test_evidence_report_writes_figures_and_summary(tmp_path):
     summary = main(tmp_path, n_train=300, n_search=60, simulations=16, n_edit=4)
-    for name in ("search_attribution", "net_vs_search", "counterfactual_example", "counterfactual_pieces"):
+    names = (
+        "search_attribution",
+        "net_vs_search",
+        "counterfactual_example",
+        "counterfactual_pieces",
+        "counterfactual_patching",
+    )
+    for name in names:
         path = tmp_path / f"{name}.png"
         assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "summary.json").read_text())
@@ -26,3 +33,5 @@ def test_evidence_report_writes_figures_and_summary(tmp_path):
     assert 0.5 < figures["agree"] < 1 and figures["n"] > 50
     assert summary["counterfactual"]["valid"] > 40 and summary["counterfactual"]["sibling_n"] > 0
     assert "| their_hanging | block1 |" in (tmp_path / "summary.md").read_text()
+    patching = summary["counterfactual_patching"]
+    assert patching["pairs"] > 0 and patching["mean_gap"] > 0 and set(patching) >= {"inputconv", "block5"}

@@ -128,3 +128,9 @@ def test_compare_and_probe_disagreement():
         probe_disagreement(acts, labels, 160, disagree[:10], ["material"])
     with pytest.raises(ValueError, match="both agreeing and disagreeing"):
         probe_disagreement(acts, labels, 160, torch.zeros(60, dtype=torch.bool), ["material"])
+
+
+def test_attribution_needs_the_searched_boards(attributed):
+    net, boards, rec, _ = attributed
+    with pytest.raises(ValueError, match="record holds \\(2,\\) roots but 1 boards"):
+        attribute_search(net, boards[:1], rec)

@@ -56,6 +56,7 @@ __all__ = [
     "what_changes_the_move",
     "summarise_effects",
     "move_index",
+    "square_masks",
 ]
 
 
@@ -215,15 +216,33 @@ class _MoveLogit:
         return out["policy"].gather(-1, out["move"].long()[..., None]).squeeze(-1)
 
 
+def square_masks(boards: Sequence[chess.Board], squares: Sequence[str | int]) -> torch.Tensor:
+    """``(N, 1, 8, 8)`` bool masks of one board square per board (name or a1 = 0), in each board's plane view
+    (ranks flipped for black to move): the ``squares`` argument of :func:`patch_edits`."""
+    chess = require_chess()
+    mask = torch.zeros(len(boards), 1, 8, 8, dtype=torch.bool)
+    for i, (board, sq) in enumerate(zip(boards, squares)):
+        sq = chess.parse_square(sq) if isinstance(sq, str) else int(sq)
+        rank, file = divmod(sq, 8)
+        mask[i, 0, 7 - rank if board.turn == chess.BLACK else rank, file] = True
+    return mask
+
+
 def patch_edits(
-    net: LeelaNet, td: TensorDictBase, paths: Sequence[str], moves: torch.Tensor
+    net: LeelaNet,
+    td: TensorDictBase,
+    paths: Sequence[str],
+    moves: torch.Tensor,
+    squares: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Patch each layer from the original (``("patched", "board")``) into the edited run (``"board"``) with
     ``ActivationPatching``; the target is the logit of ``moves`` (N,) (policy indices, e.g. the original's
-    best move). Returns ``{"edited", "original"}``: the unpatched logits, and per layer the change and
+    best move). ``squares`` (N, 1, 8, 8) bool (:func:`square_masks`) patches only those squares' channel
+    vectors. Returns ``{"edited", "original"}``: the unpatched logits, and per layer the change and
     ``layer + "/restored"`` = change / (original - edited)."""
     x = td.select("board", ("patched", "board")).clone().set("move", torch.as_tensor(moves))
-    with ActivationPatching(list(paths), target=_MoveLogit()).prepare(net) as hooked:
+    patch_fn = None if squares is None else (lambda clean, source: torch.where(squares, source, clean))
+    with ActivationPatching(list(paths), target=_MoveLogit(), patch_fn=patch_fn).prepare(net) as hooked:
         out = hooked(x.clone())
     with torch.no_grad():
         edited = _MoveLogit()(net(x.select("board", "move").clone()))

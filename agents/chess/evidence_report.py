@@ -4,7 +4,7 @@ the board, probes on disagreement positions, and what single edits change the ne
     python -m agents.chess.evidence_report --out reports/chess_evidence
 
 Writes ``search_attribution.png``, ``net_vs_search.png``, ``counterfactual_example.png``,
-``counterfactual_pieces.png`` and ``summary.json`` / ``summary.md`` into ``out``.
+``counterfactual_pieces.png``, ``counterfactual_patching.png`` and ``summary.json`` / ``summary.md`` into ``out``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ from typing import Any
 
 import torch
 
-from agents.chess.counterfactual import RemovePiece, summarise_effects, what_changes_the_move
+from agents.chess.counterfactual import (
+    RemovePiece,
+    apply_edit,
+    bare,
+    edits_td,
+    patch_edits,
+    square_masks,
+    summarise_effects,
+    what_changes_the_move,
+)
+from agents.chess.interpret import LAYERS as ALL_LAYERS
 from agents.chess.interpret import concept_positions, layer_activations, load_net, move_uci_white_view
 from agents.chess.positions import play_positions
 from agents.chess.search import SearchConfig, search
@@ -101,6 +111,43 @@ def _counterfactual_figures(net, board, effects, summary: dict, out: Path) -> li
     return [example, save_figure(fig, out / "counterfactual_pieces.png")]
 
 
+def _patch_removals(net, boards, effects, out: Path, limit: int = 64) -> tuple[dict[str, float], Path]:
+    """Removals that change the net's move while it stays legal: patch the removed piece's square (only) from
+    the original into the edit at each layer; share of the move's logit gap restored (sum over pairs)."""
+    pairs = [
+        (boards[e.position], e)
+        for e in effects
+        if e.valid and e.changed and e.p_after > 0 and isinstance(e.edit, RemovePiece)
+    ][:limit]
+    originals = [bare(b) for b, _ in pairs]
+    td = edits_td(originals, [apply_edit(b, e.edit) for b, e in pairs])
+    with torch.no_grad():
+        logits = net.heads(td["patched", "board"])["policy"].masked_fill(~td["legal_original"], float("-inf"))
+    moves = logits.argmax(-1)
+    masks = square_masks(originals, [e.edit.square for _, e in pairs])
+    result = patch_edits(net, td, ALL_LAYERS, moves, masks)
+    gap = (result["original"] - result["edited"]).sum()
+    shares = {layer: float(result[layer].sum() / gap) for layer in ALL_LAYERS}
+    shares["pairs"] = float(len(pairs))
+    shares["mean_gap"] = float(gap / max(len(pairs), 1))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(
+        list(ALL_LAYERS),
+        [shares[k] for k in ALL_LAYERS],
+        "-o",
+        color="tab:purple",
+        label="removed square only",
+    )
+    ax.axhline(1.0, color="grey", ls="--", label="whole layer")
+    ax.set_ylabel("share of the move's logit restored")
+    ax.set_title(f"patching the original into {len(pairs)} removals that change the move", fontsize=9)
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return shares, save_figure(fig, out / "counterfactual_patching.png")
+
+
 def main(
     out: Path, *, n_train: int = 1500, n_search: int = 200, simulations: int = 64, n_edit: int = 100
 ) -> dict[str, Any]:
@@ -142,6 +189,8 @@ def main(
                 e.changed for e in effects if e.position == i and isinstance(e.edit, RemovePiece)
             ),
         )
+        cf_patch, patch_png = _patch_removals(net, edit_boards, effects, out)
+        paths.append(patch_png)
         paths += _counterfactual_figures(
             net, edit_boards[example], [e for e in effects if e.position == example], cf, out
         )
@@ -155,6 +204,7 @@ def main(
                 "delta": maps["search_attr", "delta"].tolist(),
             },
             "counterfactual": cf,
+            "counterfactual_patching": cf_patch,
             "figures": [p.name for p in paths],
             "seconds": round(time.time() - t0, 1),
         }
@@ -175,6 +225,8 @@ def _markdown(s: dict[str, Any]) -> str:
         f"- single edits: {int(cf['valid'])} valid of {int(cf['edits'])}; a removal changes the move in "
         f"{cf.get('remove', 0):.3f} of removals, a sibling last move in {cf.get('sibling', 0):.3f}; "
         f"{cf['positions_changed_by_a_removal']:.3f} of positions have a removal that changes the move",
+        "- patching only the removed piece's square restores, of the original move's logit gap: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in s["counterfactual_patching"].items() if k in ALL_LAYERS),
         "",
         "| concept | layer | agree | disagree |",
         "|---|---|---|---|",

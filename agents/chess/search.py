@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from envs.chess.moves import POLICY_SIZE, legal_move_indices, require_chess
+from envs.chess.moves import POLICY_SIZE, index_to_move, legal_move_indices, require_chess
 from envs.chess.planes import board_to_planes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,7 +147,7 @@ def search(net: LeelaNet, boards: Sequence[chess.Board], config: SearchConfig | 
     docstring for the keys. The boards are left as they were."""
     config = config or SearchConfig()
     require_chess()
-    boards = list(boards)
+    boards = [b.copy() for b in boards]  # walked in place: the callers' boards stay untouched
     if not boards:
         raise ValueError("search needs at least one root board")
     for i, b in enumerate(boards):
@@ -249,8 +249,6 @@ def _summary(roots, logits, values, rec, B, S) -> TensorDict:
 def search_paths(board: chess.Board, record: TensorDict, root: int = 0) -> list[list[chess.Move]]:
     """The moves of every simulation of root ``root`` of ``record`` (:func:`search`'s output), replayed on
     ``board`` (that root): one list of python-chess moves per simulation."""
-    from envs.chess.moves import index_to_move
-
     sim = record["search", "sim"][root]
     out = []
     for s in range(sim.batch_size[0]):

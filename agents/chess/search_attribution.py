@@ -23,6 +23,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from agents.chess.search import net_value, search_paths
 from envs.chess.moves import require_chess
+from envs.chess.planes import board_to_planes
 from rlhook.attribution import IntegratedGradients
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,11 +111,13 @@ def attribute_search(
     chess = require_chess()
     sr = record["search"]
     B = len(boards)
+    if sr.batch_size != (B,):
+        raise ValueError(
+            f"record holds {tuple(sr.batch_size)} roots but {B} boards were given; pass the searched boards"
+        )
     out = {k: torch.zeros(B, 8, 8) for k in ("value", "prior")}
     explained, delta, leaves = torch.zeros(B), torch.zeros(B), torch.zeros(B, dtype=torch.long)
     fill = getattr(net, "history_fill", "zeros")
-    from envs.chess.planes import board_to_planes
-
     roots = torch.stack([board_to_planes(b, fill) for b in boards])
     attr, _ = _ig(net, roots, _MoveLogit(), {"move": sr["move"]}, n_steps)
     for i, b in enumerate(boards):
