@@ -234,3 +234,53 @@ def test_finished_games_keep_lc0s_moves(backend):
         mask = legal_move_mask(board)
         assert mask.any() and set(torch.nonzero(mask).flatten().tolist()) == set(state.policy_indices())
         assert torch.equal(boards_to_planes([board], fill=LC0_HISTORY_FILL)[0], lc0_planes(state, backend))
+
+
+def position_for(uci: str):
+    """A legal position (white to move) where the index entry ``uci`` is a legal move: a queen, a knight or a
+    seventh-rank pawn on its from-square (a black rook to take on diagonal promotions), kings out of the way."""
+    frm, to = chess.parse_square(uci[:2]), chess.parse_square(uci[2:4])
+    df, dr = (
+        abs(chess.square_file(frm) - chess.square_file(to)),
+        abs(chess.square_rank(frm) - chess.square_rank(to)),
+    )
+    if len(uci) == 5:
+        piece, move = chess.PAWN, chess.Move(frm, to, chess.Piece.from_symbol(uci[4].upper()).piece_type)
+    else:
+        piece, move = (chess.KNIGHT if {df, dr} == {1, 2} else chess.QUEEN), chess.Move(frm, to)
+    for wk in range(64):
+        for bk in (63, 56, 7, 0, 36, 27):
+            if len({frm, to, wk, bk}) < 4:
+                continue
+            board = chess.Board(None)
+            board.set_piece_at(frm, chess.Piece(piece, chess.WHITE))
+            board.set_piece_at(wk, chess.Piece(chess.KING, chess.WHITE))
+            board.set_piece_at(bk, chess.Piece(chess.KING, chess.BLACK))
+            if len(uci) == 5 and df:
+                board.set_piece_at(to, chess.Piece(chess.ROOK, chess.BLACK))
+            if board.is_valid() and move in board.legal_moves:
+                return board, move
+    raise AssertionError(f"no position found for {uci}")
+
+
+def test_every_index_entry_equals_lc0_for_both_colours():
+    from envs.chess.moves import POLICY_INDEX, move_to_index
+
+    for index, uci in enumerate(POLICY_INDEX):
+        board, move = position_for(uci)
+        for b, m in (
+            (board, move),
+            (
+                board.mirror(),
+                chess.Move(
+                    chess.square_mirror(move.from_square), chess.square_mirror(move.to_square), move.promotion
+                ),
+            ),
+        ):
+            state = lczero.GameState(fen=b.fen())
+            lc0 = dict(zip(state.moves(), state.policy_indices()))
+            assert lc0[m.uci()] == index == move_to_index(b, m), (uci, b.fen())
+    # knight under-promotions share the plain entry, in lc0 as here
+    board, _ = position_for("a7a8q")
+    state = lczero.GameState(fen=board.fen())
+    assert dict(zip(state.moves(), state.policy_indices()))["a7a8n"] == POLICY_INDEX.index("a7a8")
