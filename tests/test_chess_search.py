@@ -134,3 +134,18 @@ def test_bad_configuration_is_named():
         SearchConfig(c_puct=0)
     with pytest.raises(ValueError, match="at least one root"):
         search(None, [])
+
+
+def test_a_net_read_from_an_lc0_file_searches_with_lc0s_fill(net):
+    from agents.chess.lc0 import decode_net, encode_net
+
+    lc0_net = decode_net(encode_net(net))
+    board = chess.Board(FENS[0])  # a bare FEN: the fill decides the older history planes
+    rec = search(lc0_net, [board], SearchConfig(simulations=6))
+    sim = rec["search", "sim"][0]
+    for s, moves in enumerate(search_paths(board, rec)):
+        leaf = board.copy()
+        for m in moves:
+            leaf.push(m)
+        assert torch.equal(sim["leaf"][s].float(), board_to_planes(leaf, "fen_only"))
+    assert sim["leaf"][:, 13 * 7].any()  # the seventh-oldest step holds the repeated root
