@@ -157,6 +157,19 @@ def test_training_loop_writes_snapshots(tmp_path):
     assert not net.training
 
 
+def test_chess_env_planes_use_the_history_fill():
+    pytest.importorskip("torchrl")
+    from envs.chess.env import LeelaPlanes, make_chess_env
+
+    zeros = make_chess_env().reset()["board"]
+    always = make_chess_env(fill="always").reset()["board"]  # ALWAYS fills behind the start position too
+    assert torch.equal(zeros[:13], always[:13]) and not zeros[13:104].any()
+    for t in range(1, 8):
+        assert torch.equal(always[13 * t : 13 * t + 12], always[:12])
+    with pytest.raises(ValueError, match="unknown history fill 'lc0'"):
+        LeelaPlanes(fill="lc0")
+
+
 @pytest.mark.skipif(not FINAL.exists(), reason="shipped checkpoint missing")
 def test_net_plays_through_torchrl_chess_env():
     pytest.importorskip("torchrl")

@@ -33,11 +33,26 @@ import torch
 
 from agents.chess.net import LeelaConfig, LeelaNet
 from envs.chess.moves import CONV_PLANES
+from envs.chess.planes import LC0_HISTORY_FILL
 
-__all__ = ["Lc0FormatError", "ENCODINGS", "encode_net", "decode_net", "save_pb_gz", "load_pb_gz"]
+__all__ = [
+    "Lc0FormatError",
+    "ENCODINGS",
+    "MIN_VERSIONS",
+    "encode_net",
+    "decode_net",
+    "save_pb_gz",
+    "load_pb_gz",
+]
 
 MAGIC = 0x1C0
 ENCODINGS = {"LINEAR16": 1, "FLOAT16": 2, "BFLOAT16": 3, "FLOAT32": 4}
+#: ``Net.min_version`` written per encoding. lc0 refuses a file whose min_version is above its own version
+#: ("lc0 version >= X required"); lc0 up to v0.32.1 also refuses a file-level encoding other than LINEAR16
+#: ("unsupported encoding") and decodes every layer as LINEAR16 whatever the layer says. lc0's loader from
+#: 0.33 accepts a non-LINEAR16 file-level encoding when min_version >= 0.33. So a FLOAT16, BFLOAT16 or
+#: FLOAT32 file states its encoding and 0.33.0: older lc0 refuse it instead of misreading it.
+MIN_VERSIONS = {"LINEAR16": (0, 26, 0), "FLOAT16": (0, 33, 0), "BFLOAT16": (0, 33, 0), "FLOAT32": (0, 33, 0)}
 INPUT_FORMATS = {
     0: "INPUT_UNKNOWN",
     1: "INPUT_CLASSICAL_112_PLANE",
@@ -299,8 +314,8 @@ def encode_net(net: LeelaNet, encoding: str = "LINEAR16") -> bytes:
         + _f_varint(6, 1 if cfg.moves_left else 0)
         + _f_varint(7, 1 if cfg.activation == "mish" else 0)
     )
-    fmt = _f_varint(1, 1) + _f_bytes(2, net_format)
-    version = _f_varint(1, 0) + _f_varint(2, 26) + _f_varint(3, 0)
+    fmt = _f_varint(1, ENCODINGS[encoding]) + _f_bytes(2, net_format)
+    version = b"".join(_f_varint(f, v) for f, v in zip((1, 2, 3), MIN_VERSIONS[encoding]))
     message = (
         _key(1, 5) + struct.pack("<I", MAGIC) + _f_bytes(3, version) + _f_bytes(4, fmt) + _f_bytes(10, w)
     )
@@ -308,7 +323,10 @@ def encode_net(net: LeelaNet, encoding: str = "LINEAR16") -> bytes:
 
 
 def save_pb_gz(net: LeelaNet, path: str | Path, encoding: str = "LINEAR16") -> None:
-    """Write ``net`` as an lc0 weights file; ``encoding`` is LINEAR16 (lc0's default), FLOAT16, BFLOAT16 or FLOAT32."""
+    """Write ``net`` as an lc0 weights file; ``encoding`` is LINEAR16 (lc0's default), FLOAT16, BFLOAT16 or FLOAT32.
+
+    LINEAR16 files (min_version 0.26.0) load in every lc0 since 0.26; the others carry min_version 0.33.0
+    (:data:`MIN_VERSIONS`), which lc0 v0.32.1 and older refuse with "lc0 version >= 0.33.0 required"."""
     Path(path).write_bytes(encode_net(net, encoding))
 
 
@@ -486,6 +504,7 @@ def decode_net(data: bytes) -> LeelaNet:
     if state["policy.weight"].shape[0] != CONV_PLANES:
         raise Lc0FormatError("the conv policy head must have 80 planes")
     net.load_state_dict(state)
+    net.history_fill = LC0_HISTORY_FILL  # lc0 feeds its nets a bare FEN's position repeated into the history
     return net.eval()
 
 

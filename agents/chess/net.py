@@ -125,7 +125,11 @@ class LeelaNet(TensorDictModuleBase):
 
     Reads ``in_keys = ["board"]``: (..., 112, 8, 8) float planes (:mod:`envs.chess.planes`); writes
     ``out_keys = ["policy", "wdl"]`` (+ ``"mlh"``). :meth:`heads` gives the same on plain tensors.
+    ``history_fill`` names the planes' history fill the net expects (``"zeros"`` for nets trained here; a
+    net read from an lc0 file gets lc0's ``"fen_only"``); pass it to ``board_to_planes(board, fill)``.
     """
+
+    history_fill: str = "zeros"
 
     def __init__(self, config: LeelaConfig | None = None, **overrides) -> None:
         super().__init__()

@@ -17,16 +17,22 @@ from torchrl.data import Unbounded
 from torchrl.envs import ChessEnv, Transform, TransformedEnv
 
 from envs.chess.moves import legal_move_indices, require_chess
-from envs.chess.planes import NUM_PLANES, board_to_planes
+from envs.chess.planes import HISTORY_FILLS, NUM_PLANES, board_to_planes
 
 __all__ = ["LeelaPlanes", "MoveSelector", "make_chess_env", "make_leela_policy"]
 
 
 class LeelaPlanes(Transform):
-    """Writes ``(112, 8, 8)`` float planes of the base ``ChessEnv``'s current board (stateful env only)."""
+    """Writes ``(112, 8, 8)`` float planes of the base ``ChessEnv``'s current board (stateful env only);
+    ``fill`` is the history fill of :mod:`envs.chess.planes` (``net.history_fill`` of the net that plays)."""
 
-    def __init__(self, out_key: str = "board") -> None:
+    def __init__(self, out_key: str = "board", fill: str = "zeros") -> None:
         super().__init__(in_keys=[], out_keys=[out_key])
+        if fill not in HISTORY_FILLS:
+            raise ValueError(
+                f"unknown history fill {fill!r}; choose one of {HISTORY_FILLS} (see envs.chess.planes)"
+            )
+        self.fill = fill
 
     def _board(self):
         env = self.parent.base_env if self.parent is not None else None
@@ -35,7 +41,7 @@ class LeelaPlanes(Transform):
         return env.board
 
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
-        next_tensordict.set(self.out_keys[0], board_to_planes(self._board()))
+        next_tensordict.set(self.out_keys[0], board_to_planes(self._board(), self.fill))
         return next_tensordict
 
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
@@ -107,16 +113,16 @@ def _flatten(items) -> list[str]:
     return out
 
 
-def make_chess_env(**chess_env_kwargs) -> TransformedEnv:
-    """A stateful ``ChessEnv`` with FENs, plus :class:`LeelaPlanes` writing ``"board"``."""
+def make_chess_env(fill: str = "zeros", **chess_env_kwargs) -> TransformedEnv:
+    """A stateful ``ChessEnv`` with FENs, plus :class:`LeelaPlanes` writing ``"board"`` with history ``fill``."""
     chess_env_kwargs = {"stateful": True, "include_fen": True, **chess_env_kwargs}
     if not chess_env_kwargs["stateful"] or not chess_env_kwargs["include_fen"]:
         raise ValueError("make_chess_env needs stateful=True and include_fen=True")
     env = ChessEnv(**chess_env_kwargs)  # already a TransformedEnv when it masks actions
     return (
-        env.append_transform(LeelaPlanes())
+        env.append_transform(LeelaPlanes(fill=fill))
         if isinstance(env, TransformedEnv)
-        else TransformedEnv(env, LeelaPlanes())
+        else TransformedEnv(env, LeelaPlanes(fill=fill))
     )
 
 

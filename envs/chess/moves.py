@@ -154,7 +154,13 @@ def move_to_index(board: chess.Board, move: chess.Move) -> int:
 
 
 def legal_move_indices(board: chess.Board) -> dict[int, chess.Move]:
-    """``{policy index: move}`` for every legal move of ``board``."""
+    """``{policy index: move}`` for every legal move of ``board``.
+
+    Convention: the legal moves are those of the rules of movement alone, as lc0's move generator gives them
+    (checked against lc0 v0.32.1). Positions python-chess calls game over while moves remain (insufficient
+    material, the 75-move rule, fivefold repetition) keep their moves: whether a game has ended is decided
+    by whoever plays it (TorchRL's ``ChessEnv``, :func:`agents.chess.search.terminal_value`), not by the mask.
+    Only checkmate and stalemate give an empty table."""
     return {move_to_index(board, m): m for m in board.legal_moves}
 
 
@@ -167,7 +173,7 @@ def index_to_move(board: chess.Board, index: int) -> chess.Move:
 
 
 def legal_move_mask(board: chess.Board) -> torch.Tensor:
-    """``(1858,)`` bool mask of the legal moves of ``board``."""
+    """``(1858,)`` bool mask of the legal moves of ``board`` (same convention as :func:`legal_move_indices`)."""
     mask = torch.zeros(POLICY_SIZE, dtype=torch.bool)
     mask[list(legal_move_indices(board))] = True
     return mask
