@@ -40,7 +40,13 @@ from rlhook import HookedModule
 from rlhook.attribution import LRP, IntegratedGradients, MergeBatchNorm, Saliency
 from rlhook.attribution.lrp import Composite, Epsilon, Residual, Rule
 from rlhook.attribution.lrp.rules import stabilize
-from rlhook.latent import ActivationCaching, ActivationPatching, Probing, balanced_accuracy
+from rlhook.latent import (
+    ActivationCaching,
+    ActivationPatching,
+    Probing,
+    balanced_accuracy,
+    probe_with_controls,
+)
 from rlhook.targets import WDL
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -462,7 +468,7 @@ def probe_concepts(
     ``LogisticProbe(C)`` fitted on a class-balanced subsample (test balanced accuracy). Features, per task
     (``features``, default ``{"regression": "pooled", "classification": "flat"}``): the standardised flattened
     activation (``"flat"``) or the per-channel max and mean over the board (``"pooled"``: board-wide counts such
-    as material are sums over squares). ``control`` adds Probing's shuffled-label probe.
+    as material are sums over squares). ``control`` adds the shuffled-label probe (``probe_with_controls``).
     """
     concepts = list(concepts or [c for c in CONCEPTS if c in labels])
     unknown = [c for c in concepts if c not in CONCEPTS or c not in labels]
@@ -486,25 +492,27 @@ def probe_concepts(
         kind = features[task]
         if kind not in cache:
             cache[kind] = {m: _standardise(a, n_train, kind) for m, a in activations.items()}
-        for model, layers in cache[kind].items():
-            feats = {name: z for name, (z, _) in layers.items()}
-            td = TensorDict({"cache": feats, "labels": y}, batch_size=[len(y)])
-            probing = Probing(
-                list(layers),
-                task=task,
-                estimator="ridge" if task == "regression" else "logistic",
-                alpha=alpha,
-                C=C,
-                metrics=(metric,),
-                control=control,
-            )
-            probing.fit(td[rows])  # activations are cached: no model is needed
-            scored = probing.score(td[n_train:])
-            res.scores[model] = {n: float(scored["probe", n, metric][0]) for n in layers}
+        feats = {model: {name: z for name, (z, _) in layers.items()} for model, layers in cache[kind].items()}
+        found = probe_with_controls(
+            feats,
+            {concept: y},
+            train=rows,
+            test=torch.arange(n_train, len(y)),
+            task=task,
+            estimator="ridge" if task == "regression" else "logistic",
+            alpha=alpha,
+            C=C,
+            metric=metric,
+            shuffled=control,
+        )
+        for r in found:
+            model, name = r["features"], r["layer"]
+            res.scores.setdefault(model, {})[name] = r["score"]
+            res.probes.setdefault(model, {})[name] = r["probe"]
             if control:
-                res.control[model] = {n: float(scored["probe", n, "control_" + metric][0]) for n in layers}
-            res.probes[model] = {n: probing.probes[n] for n in layers}
-            res.stats[model] = {name: s for name, (_, s) in layers.items()}
+                res.control.setdefault(model, {})[name] = r["shuffled"]
+        for model, layers in cache[kind].items():
+            res.stats[model] = {name: st for name, (_, st) in layers.items()}
         results[concept] = res
     return results
 

@@ -5,6 +5,7 @@ Patching targets and divergences (``LogitDiff``, ``CategoricalKL``, ``NormalKL``
 """
 
 from rlhook.latent.caching import ActivationCaching
+from rlhook.latent.controls import probe_with_controls, split_rows
 from rlhook.latent.estimators import BilinearProbe, LogisticProbe, RidgeProbe
 from rlhook.latent.geometry import (
     information_imbalance,
@@ -40,6 +41,8 @@ __all__ = [
     "BilinearProbe",
     "LogisticProbe",
     "Probing",
+    "probe_with_controls",
+    "split_rows",
     "RidgeProbe",
     "accuracy",
     "balanced_accuracy",

@@ -4,7 +4,7 @@ modules, probing while training, and closed-loop interventions."""
 from rlhook.rl.explain import ExplainBatch
 from rlhook.rl.interventions import Ablation, paired_rollouts
 from rlhook.rl.loss import LossAttribution, loss_networks
-from rlhook.rl.probes import TrainingProbes, probe_scores
+from rlhook.rl.probes import TrainingProbes
 from rlhook.rl.recorder import Recorder
 
 __all__ = [
@@ -15,5 +15,4 @@ __all__ = [
     "TrainingProbes",
     "loss_networks",
     "paired_rollouts",
-    "probe_scores",
 ]

@@ -5,7 +5,9 @@ map), so every score comes with three controls fitted on the same rows and split
 
 - ``random_init``: the same architecture at random initialisation (fixed seed), same layers;
 - ``raw_obs``: the observation itself (no network);
-- ``shuffled``: the trained layer with the labels permuted (a control task; should score ~0).
+- ``shuffled``: the trained layer with the training labels permuted (a control task; should score ~0).
+
+The probes and controls come from ``rlhook.latent.probe_with_controls``, the function reports and users call.
 
 >>> probes = TrainingProbes(actor, [r"module\\.0\\.module\\.act\\d"], labels=my_quantities, every=2)
 >>> train(..., on_batch=probes)                 # plain loop: probes(batch, frames)
@@ -30,39 +32,16 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from rlhook.latent.caching import ActivationCaching
-from rlhook.latent.estimators import RidgeProbe
-from rlhook.latent.scores import r2
+from rlhook.latent.controls import probe_with_controls, split_rows
 from rlhook.paths import Path
 
-__all__ = ["TrainingProbes", "probe_scores"]
+__all__ = ["TrainingProbes"]
 
 Labels = Callable[[TensorDictBase], dict[str, torch.Tensor]]
 
 
 def _rows(x: torch.Tensor, batch_dims: int) -> torch.Tensor:
     return x.reshape(-1, *x.shape[batch_dims:]).flatten(1).double()
-
-
-def probe_scores(
-    features: dict[str, torch.Tensor],
-    labels: dict[str, torch.Tensor],
-    *,
-    alpha: float = 1.0,
-    test_fraction=0.25,
-    seed=0,
-) -> dict[tuple[str, str], float]:
-    """Test R^2 of a ridge probe for every ``(feature set, quantity)``; rows ``(N, d)`` and ``(N,)``."""
-    n = len(next(iter(labels.values())))
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)
-    n_test = max(1, int(n * test_fraction))
-    test, train = perm[:n_test], perm[n_test:]
-    scores = {}
-    for fname, x in features.items():
-        for qname, y in labels.items():
-            probe = RidgeProbe(alpha=alpha).fit(x[train], y[train])
-            scores[fname, qname] = r2(y[test], probe.predict(x[test]))
-    return scores
 
 
 def _randomised(policy: nn.Module, seed: int) -> nn.Module:
@@ -142,20 +121,33 @@ class TrainingProbes:
         trained = {k: _rows(v, nb)[finite] for k, v in self._activations(self.policy, batch).items()}
         random = {k: _rows(v, nb)[finite] for k, v in self._activations(self.random_policy, batch).items()}
         obs = _rows(batch.get(self.obs_key), nb)[finite]
-        g = torch.Generator().manual_seed(self.seed + frames)
-        shuffled = {q: v[torch.randperm(len(v), generator=g)] for q, v in labels.items()}
-        kw = {"alpha": self.alpha, "test_fraction": self.test_fraction, "seed": self.seed}
+        train, test = split_rows(len(obs), self.test_fraction, self.seed)
+        features = {"trained": trained, "random_init": random, "raw_obs": {"observation": obs}}
         rows = []
-        for model, feats, labs in (
-            ("trained", trained, labels),
-            ("random_init", random, labels),
-            ("raw_obs", {"observation": obs}, labels),
-            ("shuffled", trained, shuffled),
+        for r in probe_with_controls(
+            features,
+            labels,
+            train=train,
+            test=test,
+            estimator="ridge",
+            alpha=self.alpha,
+            seed=self.seed + frames,
         ):
-            for (layer, q), score in probe_scores(feats, labs, **kw).items():
-                rows.append({"frames": frames, "model": model, "layer": layer, "quantity": q, "r2": score})
+            scores = [(r["features"], r["score"])] + (
+                [("shuffled", r["shuffled"])] if r["features"] == "trained" else []
+            )
+            for model, score in scores:
+                rows.append(
+                    {
+                        "frames": frames,
+                        "model": model,
+                        "layer": r["layer"],
+                        "quantity": r["quantity"],
+                        "r2": score,
+                    }
+                )
                 if self.logger is not None:
-                    self.logger.log_scalar(f"probe/{model}/{q}/{layer}", score, step=frames)
+                    self.logger.log_scalar(f"probe/{model}/{r['quantity']}/{r['layer']}", score, step=frames)
         self.history.extend(rows)
         return rows
 

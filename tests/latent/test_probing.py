@@ -270,3 +270,36 @@ def test_multi_dim_batch_probing_equals_flat(mlp_and_data):
         fb["probe", "layers.1", "prediction"].reshape(600), fa["probe", "layers.1", "prediction"]
     )
     assert fb["probe", "layers.1", "r2"].shape == (20, 30)
+
+
+def test_probe_with_controls_against_scikit_learn():
+    """A planted linear feature: the trained set scores like scikit-learn's ridge on the same split, a noise
+    feature set and the shuffled-label control score near zero."""
+    from rlhook.latent import probe_with_controls, split_rows
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(400, generator=g, dtype=torch.float64)
+    planted = torch.cat(
+        [y[:, None] + 0.1 * torch.randn(400, 1, generator=g), torch.randn(400, 7, generator=g)], 1
+    )
+    noise = torch.randn(400, 8, generator=g, dtype=torch.float64)
+    train, test = split_rows(400, 0.25, seed=1)
+    rows = probe_with_controls(
+        {"trained": {"h": planted.double()}, "random_init": {"h": noise}},
+        {"q": y},
+        train=train,
+        test=test,
+        alpha=2.0,
+    )
+    by = {r["features"]: r for r in rows}
+    ref = sk_lm.Ridge(alpha=2.0).fit(planted[train].numpy(), y[train].numpy())
+    from sklearn.metrics import r2_score
+
+    assert by["trained"]["score"] == pytest.approx(
+        r2_score(y[test].numpy(), ref.predict(planted[test].numpy())), abs=1e-6
+    )
+    assert (
+        by["trained"]["score"] > 0.95 and by["random_init"]["score"] < 0.1 and by["trained"]["shuffled"] < 0.1
+    )
+    with pytest.raises(ValueError, match="same number of rows"):
+        probe_with_controls({"a": {"h": noise[:10]}}, {"q": y}, train=train, test=test)

@@ -1,4 +1,4 @@
-"""Adapters, pruning and task vectors against hand-written forwards and manual weight edits."""
+"""Splices, pruning and task vectors against hand-written forwards and manual weight edits."""
 
 from __future__ import annotations
 
