@@ -147,7 +147,7 @@ ROWS: dict[str, Row] = {
         chunk={"chunk_size": 4},
     ),
     "guided": Row(lambda: GuidedBackprop(two)),
-    "gradcam": Row(lambda: GradCAM(first, layers="layers.1", channel_dim=-1)),
+    "gradcam": Row(lambda: GradCAM(first, layers="layers.1", channel_dim=-1, spatial_dims=())),
     "occlusion": Row(lambda: Occlusion(two, window=(3,), strides=2), chunk={"chunk_size": 5}),
     "feature_ablation": Row(lambda: FeatureAblation(first), chunk={"chunk_size": 6}),
     "perturbation": Row(lambda: PerturbationSaliency(first), chunk={"chunk_size": 5}),

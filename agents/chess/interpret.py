@@ -303,6 +303,7 @@ def explain(
             inputs=["board"],
             composite=lrp_composite(net),
             canonizers=[MergeBatchNorm(_bn_pairs(net))],
+            start="gradient",  # the value (W - L of softmax probabilities) is not linear in the WDL logits
         ),
     }
     result: dict[str, dict[str, torch.Tensor]] = {}

@@ -68,6 +68,17 @@ class GradientMethod(Method):
     needs_grad: bool = True
 
     def __init__(self, target: Target | None = None, **options: object) -> None:
+        unknown = sorted(set(options) - set(GradientOptions.__dataclass_fields__))
+        if unknown:
+            hint = (
+                "; baselines go into the TensorDict, as ('baseline', k) next to each input k"
+                if "baselines" in unknown
+                else ""
+            )
+            raise TypeError(
+                f"{type(self).__name__} got unknown option(s) {unknown}; the shared options are "
+                f"{sorted(GradientOptions.__dataclass_fields__)}{hint}"
+            )
         self.options = GradientOptions(target=target, **options)
         if self.options.target is None:
             raise ValueError(
@@ -90,7 +101,11 @@ class GradientMethod(Method):
             return keys
         keys = [k for k in hooked.in_keys if torch.is_floating_point(get_key(td, k))]
         if not keys and not hooked.state.layers:
-            raise ValueError(f"no floating input among {hooked.in_keys} to attribute to; pass inputs=[...]")
+            raise ValueError(
+                f"no floating input among {hooked.in_keys} to attribute to: integer inputs (token ids, board "
+                "indices) have no gradient; attribute to the output of the module that embeds them instead, "
+                "layers=['<embedding path>'] (IG also needs ('baseline', k) ids, e.g. a padding token)"
+            )
         return keys
 
     def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
@@ -262,7 +277,8 @@ def _vjps(
     for n in names:
         if not scores[n].requires_grad:
             raise RuntimeError(
-                f"target {n or ''!r} does not depend on the attributed inputs (no gradient flows to it); "
+                f"{'the target' if n is SINGLE else f'target {n!r}'} does not depend on the attributed inputs "
+                "(no gradient flows to it); "
                 "check the target and inputs=..."
             )
     if batched and len(names) > 1:

@@ -95,7 +95,14 @@ class GradCAM(GradientMethod):
         if c == 0:
             raise ValueError(f"channel_dim={self.channel_dim} is the batch dim of layer {name!r}'s output")
         dims = tuple(d % nd for d in self.spatial_dims) if self.spatial_dims is not None else None
-        dims = dims if dims is not None else tuple(d for d in range(1, nd) if d != c)
+        if dims is None:
+            dims = tuple(d for d in range(1, nd) if d != c)
+            if not dims:
+                raise ValueError(
+                    f"layer {name!r} output has shape {tuple(act.shape)}: no spatial dims to pool, so a Grad-CAM map "
+                    "would be gradient x activation per unit; use a conv-like layer, or pass spatial_dims=() to ask "
+                    "for exactly that"
+                )
         if dims:
             if callable(self.pooling):
                 weights = self.pooling(grad, dims)

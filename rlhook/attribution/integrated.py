@@ -11,6 +11,7 @@ from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
 from rlhook.attribution.base import GradientMethod, baselines, gradients
+from rlhook.keys import join
 from rlhook.methods import Prepared, check_count
 from rlhook.targets import Target, evaluate
 
@@ -86,7 +87,9 @@ class IntegratedGradients(GradientMethod):
         o = self.options
         base = baselines(flat, keys)
         layers = hooked.state.layers
-        ends = self._endpoints(hooked, flat, keys, base)
+        if layers:  # layer IG: the path starts at the layers' outputs on *every* input's baseline
+            base = self._layer_baselines(hooked, flat, keys, base)
+        ends = self._endpoints(hooked, flat, list(base), base)
         xs = {k: flat.get(k) for k in keys} | ends["layers_x"]
         bs = base | ends["layers_b"]
         alphas, weights = path_points(self.n_steps, self.rule)
@@ -114,7 +117,7 @@ class IntegratedGradients(GradientMethod):
                 run_keys,
                 self.n_steps,
                 points,
-                weights.to(next(iter(xs.values())).dtype),
+                weights.to(_float_dtype(xs)),
                 layers=run_layers,
                 chunk_size=o.chunk_size,
                 batched=o.batched,
@@ -130,6 +133,26 @@ class IntegratedGradients(GradientMethod):
                 total = sum(m[k].reshape(m[k].shape[0], -1).sum(-1) for k in parts)
                 hooked.state.deltas[t] = total - (ends["f_x"][t] - ends["f_b"][t]).to(total.dtype)
         return sums
+
+    @staticmethod
+    def _layer_baselines(hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey], base: dict) -> dict:
+        """Baselines of all the model's inputs: ``("baseline", k)``, zeros for floating inputs without one; an
+        integer input (token ids) without one is an error, since no default baseline is meaningful for it."""
+        base = dict(base)
+        for k in hooked.in_keys:
+            if k in base or k not in flat.keys(include_nested=True):
+                continue
+            x = flat.get(k)
+            if not isinstance(x, torch.Tensor):
+                continue
+            if flat.get(join("baseline", k), None) is not None or x.is_floating_point():
+                base.update(baselines(flat, [k]))
+                continue
+            raise ValueError(
+                f"layer IG from integer input {k!r} needs a baseline: put ('baseline', {k!r}) in the TensorDict "
+                "(e.g. the ids of a padding token); without one the layer's path would have zero length"
+            )
+        return base
 
     def _endpoints(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey], base: dict) -> dict:
         """Targets and layer outputs at the inputs and at the baselines (one no-grad forward of 2B rows)."""
@@ -147,3 +170,8 @@ class IntegratedGradients(GradientMethod):
             "layers_x": {k: v[:n] for k, v in store.items()},
             "layers_b": {k: v[n:] for k, v in store.items()},
         }
+
+
+def _float_dtype(values: dict) -> torch.dtype:
+    """The dtype of the first floating tensor (quadrature weights must not be cast to an integer dtype)."""
+    return next((v.dtype for v in values.values() if v.is_floating_point()), torch.get_default_dtype())

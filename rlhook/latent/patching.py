@@ -76,9 +76,9 @@ class PatchEffects(Method):
                 effect = v - t_clean[tname]
                 if t_src is not None:
                     effect = effect / (t_src[tname] - t_clean[tname])
-                out[("effect",) if tname is None else ("effect", tname)] = effect
+                out[("effect",) if tname is None else ("effect", tname)] = effect.detach()
         if self.divergence is not None:
-            out[("divergence",)] = self.divergence(clean, patched)
+            out[("divergence",)] = self.divergence(clean, patched).detach()
         return out
 
     def write_effects(
@@ -101,7 +101,8 @@ class PatchEffects(Method):
     ) -> None:
         """Copy the output ``keys`` of ``out`` to ``(role key, [name], k)`` in ``td``."""
         for k in keys:
-            td.set(self.key(role, name, k), out.get(k))
+            value = out.get(k)
+            td.set(self.key(role, name, k), value.detach() if isinstance(value, torch.Tensor) else value)
 
 
 # -- activation patching ---------------------------------------------------------------------------------------------

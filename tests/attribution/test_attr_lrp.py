@@ -105,8 +105,8 @@ def test_rule_matches_closed_form(rule: str, layer_name: str) -> None:
     with LRP(target, composite=Composite([(type(layer), RULES[rule]())])).prepare(layer) as hooked:
         out = hooked(TensorDict({"input": x}, [3]))
     for i in range(3):
-        f = (layer(x[i : i + 1]).flatten() * r).sum()
-        expected = _reference(rule, layer, x[i], (f * r).detach())
+        # relevance starts at the outputs as output * d target / d output = y * r (it sums to the target)
+        expected = _reference(rule, layer, x[i], (layer(x[i : i + 1]).flatten() * r).detach())
         torch.testing.assert_close(out["attr", "input"][i], expected, rtol=1e-9, atol=1e-11)
 
 

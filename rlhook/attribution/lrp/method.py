@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torch import nn
 
-from rlhook.attribution.base import GradientMethod
+from rlhook.attribution.base import GradientMethod, gradients
 from rlhook.attribution.lrp.canonizers import Canonizer
 from rlhook.attribution.lrp.composite import Composite
 from rlhook.attribution.lrp.rules import Rule
 from rlhook.hooks import Hooks
 from rlhook.methods import Prepared
-from rlhook.targets import Target, evaluate
+from rlhook.targets import Target, as_callable, evaluate
 
 __all__ = ["LRP"]
 
@@ -58,11 +59,46 @@ def _install(module: nn.Module, rule: Rule, name: str, busy: set):
     return hook
 
 
+class _Seed(torch.autograd.Function):
+    """Identity on a model output; its backward multiplies the incoming gradient by the output, so relevance
+    starts as ``output * d target / d output`` (the output itself on the units a target selects)."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(output)
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return grad * output
+
+
+def _seed(value: object) -> object:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return _Seed.apply(value)
+    return value
+
+
+def _seeded(target: Target, out_keys: list) -> Callable[[TensorDictBase], object]:
+    """``target`` evaluated on outputs whose backward starts relevance at ``output * d target / d output``: a
+    target summing K units starts from those K outputs (their sum is the target), not from K ones."""
+    fn = as_callable(target)
+
+    def seeded(out: TensorDictBase) -> object:
+        out = out.copy()
+        for key in out_keys:
+            value = out.get(key, None)
+            out.set(key, value.apply(_seed) if isinstance(value, TensorDictBase) else _seed(value))
+        return fn(out)
+
+    return seeded
+
+
 class LRP(GradientMethod):
     """Layer-wise relevance propagation (Bach et al., 2015; Montavon et al., 2019).
 
-    The relevance of a target starts as its value (at the outputs it selects) and flows back through the
-    model, each module redistributing it by its rule from ``composite`` (``Composite()``: LRP-epsilon).
+    The relevance of a target starts at the model's outputs and flows back through the model, each module redistributing it by its rule from ``composite`` (``Composite()``: LRP-epsilon).
     ``canonizers`` (e.g. ``MergeBatchNorm()``) rewrite the model for the prepare block and are undone
     bitwise on exit. Rules are autograd functions inserted by forward hooks (through ``Hooks``, for each call)
     at each ruled module's output; modules called functionally are seen as plain gradients.
@@ -72,6 +108,12 @@ class LRP(GradientMethod):
     output) and the conservation gap ``sum_k sum(R_k) - target`` per example at ``"attr_delta"`` (or
     ``("attr_delta", name)``): zero up to the stabilisers for conserving rules when biases are zero.
     With ``conservation=tol`` a relative gap above ``tol`` on any example is an error.
+
+    ``start``: where relevance starts. ``"output"`` (zennit's convention): ``output * d target / d output``,
+    the output values of the units a target selects, so a target that sums K outputs (or takes a difference)
+    starts from those values and the input relevance sums to the target. ``"gradient"``:
+    ``target * d target / d output``, shift-invariant in the logits, for targets that are not linear in the
+    outputs (log-probabilities, softmax probabilities, WDL scores). Both agree on a single output unit.
     """
 
     def __init__(
@@ -81,10 +123,13 @@ class LRP(GradientMethod):
         composite: Composite | None = None,
         canonizers: Sequence[Canonizer] = (),
         conservation: float | None = None,
+        start: Literal["output", "gradient"] = "output",
         **options: object,
     ) -> None:
         super().__init__(target, **options)
-        self.conservation = conservation
+        if start not in ("output", "gradient"):
+            raise ValueError(f"start must be 'output' or 'gradient', not {start!r}")
+        self.conservation, self.start = conservation, start
         self.composite = composite if composite is not None else Composite()
         self.canonizers = list(canonizers)
 
@@ -107,18 +152,32 @@ class LRP(GradientMethod):
 
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         o = self.options
-        sums = self.input_gradients(hooked, flat, keys)
+        sums, _ = gradients(
+            hooked,
+            flat,
+            _seeded(o.target, hooked.out_keys) if self.start == "output" else o.target,
+            keys,
+            1,
+            lambda k, step, ex: flat.get(k)[ex],
+            torch.ones(1),
+            layers=hooked.state.layers,
+            chunk_size=o.chunk_size,
+            batched=o.batched,
+        )
         with torch.no_grad():
             scores = evaluate(o.target, hooked.model_forward(flat.clone(False)), batch_dims=1)
-        result: dict = {}
+        if self.start == "gradient":
+            sums = {
+                t: {k: r * scores[t].reshape(-1, *([1] * (r.dim() - 1))).to(r.dtype) for k, r in m.items()}
+                for t, m in sums.items()
+            }
         for t, maps in sums.items():
-            f = scores[t]
-            result[t] = {k: r * f.reshape(-1, *([1] * (r.dim() - 1))).to(r.dtype) for k, r in maps.items()}
             if keys:
-                total = sum(result[t][k].reshape(f.shape[0], -1).sum(-1) for k in keys)
+                f = scores[t]
+                total = sum(maps[k].reshape(f.shape[0], -1).sum(-1) for k in keys)
                 hooked.state.deltas[t] = total - f.to(total.dtype)
                 self._check(t, hooked.state.deltas[t], f)
-        return result
+        return sums
 
     def _check(self, name: str | None, delta: torch.Tensor, f: torch.Tensor) -> None:
         if self.conservation is None:
@@ -127,7 +186,7 @@ class LRP(GradientMethod):
         if len(bad):
             i = int(bad[0])
             raise ValueError(
-                f"relevance is not conserved for target {name or ''!r} on {len(bad)} example(s) (first: #{i}, "
+                f"relevance is not conserved for {'the target' if name is None else f'target {name!r}'} on {len(bad)} example(s) (first: #{i}, "
                 f"input relevance {float(delta[i] + f[i]):.6g} vs target {float(f[i]):.6g}, allowed relative gap "
                 f"{self.conservation}); biases, stabilisers, rules such as Flat/WSquare on biased layers, or an "
                 "unhandled addition (map Residual to the block or use lrp.Sum) absorb or double relevance"
