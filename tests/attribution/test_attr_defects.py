@@ -90,7 +90,7 @@ def test_guards_a_new_user_hit():
     )
 
 
-def test_lrp_starts_agree_on_one_unit_and_gradient_start_is_shift_invariant(relu_net):
+def test_lrp_starts_agree_on_one_unit(relu_net):
     x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     td = TensorDict({"input": x}, [4])
     maps = {}
@@ -98,11 +98,5 @@ def test_lrp_starts_agree_on_one_unit_and_gradient_start_is_shift_invariant(relu
         with LRP(lambda o: o["output"][:, 1], start=start).prepare(relu_net) as hooked:
             maps[start] = hooked(td.clone())["attr", "input"]
     torch.testing.assert_close(maps["output"], maps["gradient"])
-    logp = lambda shift: lambda o: torch.log_softmax(o["output"] + shift, -1)[:, 0]  # noqa: E731
-    shifted = []
-    for shift in (0.0, 5.0):  # log-softmax does not see a shift of the logits; nor does the gradient start
-        with LRP(logp(shift), start="gradient").prepare(relu_net) as hooked:
-            shifted.append(hooked(td.clone())["attr", "input"])
-    torch.testing.assert_close(shifted[0], shifted[1])
     with pytest.raises(ValueError, match="start must be"):
         LRP("output", start="zeros")
