@@ -16,6 +16,7 @@ from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
 from rlhook.attribution.base import GradientMethod, baselines
+from rlhook.keys import join
 from rlhook.methods import Prepared
 from rlhook.targets import Target, evaluate
 
@@ -105,12 +106,13 @@ class FeatureAblation(PerturbationMethod):
     Feature ids are shared across inputs: one id ablates its elements in every input at once. Without a
     mask every element of every input is its own feature.
 
-    Reads the attributed inputs and ``("baseline", k)``; writes ``("attr", k)`` (or ``("attr", name, k)``),
-    same shape as ``k``.
+    Reads the attributed inputs, ``("baseline", k)`` and ``("feature_mask", k)`` (a mask per example: integer
+    ids shaped like ``k``; it follows the batch through slicing and ``NoiseTunnel``, and wins over the option);
+    writes ``("attr", k)`` (or ``("attr", name, k)``), same shape as ``k``.
 
     Args:
         feature_mask: integer ids, a tensor or ``{key: tensor}``, shaped like one example of the input
-            (``k.shape[batch:]``, broadcastable) or like the flattened batch (per-example masks).
+            (``k.shape[batch:]``, broadcastable) or like the flattened batch.
     """
 
     def __init__(
@@ -125,7 +127,7 @@ class FeatureAblation(PerturbationMethod):
 
     def _masks(self, flat: TensorDictBase, keys: list[NestedKey]) -> dict[NestedKey, torch.Tensor]:
         n = flat.batch_size[0]
-        if self.feature_mask is None:
+        if self.feature_mask is None and all(flat.get(join("feature_mask", k), None) is None for k in keys):
             masks, offset = {}, 0
             for k in keys:
                 x = flat.get(k)
@@ -136,8 +138,13 @@ class FeatureAblation(PerturbationMethod):
                 offset += size
             return masks
         masks = {}
-        for k, m in _as_dict(self.feature_mask, keys, "feature_mask").items():
+        given = {k: flat.get(join("feature_mask", k), None) for k in keys}
+        shared = _as_dict(self.feature_mask, keys, "feature_mask") if self.feature_mask is not None else {}
+        for k in keys:
+            m = given[k] if given[k] is not None else shared.get(k)
             x = flat.get(k)
+            if m is None:
+                raise ValueError(f"no feature mask for input {k!r}: pass feature_mask=... or ('feature_mask', {k!r})")
             if m.is_floating_point():
                 raise TypeError(f"feature_mask for {k!r} must hold integer ids, got {m.dtype}")
             m = m.to(x.device).long()
@@ -146,7 +153,8 @@ class FeatureAblation(PerturbationMethod):
             except RuntimeError:
                 raise ValueError(
                     f"feature_mask for {k!r} has shape {tuple(m.shape)}, which broadcasts neither to one example "
-                    f"{tuple(x.shape[1:])} nor to the flattened batch {tuple(x.shape)}"
+                    f"{tuple(x.shape[1:])} nor to the flattened batch {tuple(x.shape)}; a mask per example goes "
+                    f"into the TensorDict as ('feature_mask', {k!r}), so it follows the batch (slicing, NoiseTunnel)"
                 ) from None
             if (m < 0).any():
                 raise ValueError(f"feature_mask for {k!r} has negative ids; ids must be >= 0")

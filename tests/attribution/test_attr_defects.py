@@ -100,3 +100,29 @@ def test_lrp_starts_agree_on_one_unit(relu_net):
     torch.testing.assert_close(maps["output"], maps["gradient"])
     with pytest.raises(ValueError, match="start must be"):
         LRP("output", start="zeros")
+
+
+def test_noise_tunnel_over_feature_ablation_with_a_mask_per_example():
+    """The per-example mask rides in the TensorDict, so NoiseTunnel's noisy copies carry it: the result equals
+    FeatureAblation averaged by hand over the same noisy inputs."""
+    from rlhook.attribution import FeatureAblation, NoiseTunnel
+    from rlhook.attribution.noise_tunnel import draw_noise
+
+    torch.manual_seed(4)
+    model = MLP().double()
+    x = torch.randn(3, 16, dtype=torch.float64)
+    masks = torch.stack([torch.arange(16) // (2 + i) for i in range(3)])  # a different grouping per example
+    td = TensorDict({"input": x, ("feature_mask", "input"): masks}, [3])
+    target = lambda o: o["output"][:, 0]  # noqa: E731
+    with NoiseTunnel(FeatureAblation(target), n_samples=4, stdev=0.3, seed=2).prepare(model) as hooked:
+        got = hooked(td.clone())["attr", "input"]
+    noise = draw_noise({"input": x}, 4, 0.3, 2)["input"]  # (B, n, 16)
+    by_hand = []
+    for j in range(4):
+        noisy = TensorDict({"input": x + noise[:, j], ("feature_mask", "input"): masks}, [3])
+        with FeatureAblation(target).prepare(model) as hooked:
+            by_hand.append(hooked(noisy)["attr", "input"])
+    torch.testing.assert_close(got, torch.stack(by_hand).mean(0))
+    with pytest.raises(ValueError, match=r"\('feature_mask', 'input'\)"):
+        with FeatureAblation(target, feature_mask=masks[:2]).prepare(model) as hooked:
+            hooked(TensorDict({"input": x}, [3]))
