@@ -35,6 +35,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
+from agents import checkpoints
 from envs.chess.moves import CONV_GATHER, CONV_PLANES
 
 __all__ = [
@@ -185,11 +186,12 @@ def save_checkpoint(net: LeelaNet, path: str | Path, **meta) -> None:
     """Write ``{"config", "state_dict", "meta"}`` with ``torch.save``; loadable with ``weights_only=True``."""
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     torch.save({"config": asdict(net.config), "state_dict": state, "meta": dict(meta)}, path)
+    checkpoints.record(path)
 
 
 def load_checkpoint(path: str | Path) -> LeelaNet:
     """Rebuild a :class:`LeelaNet` in eval mode from :func:`save_checkpoint`'s file (``net.meta`` holds meta)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = checkpoints.load(path)  # digest-checked when shipped
     net = LeelaNet(LeelaConfig(**ckpt["config"]))
     net.load_state_dict(ckpt["state_dict"])
     net.meta = ckpt.get("meta", {})

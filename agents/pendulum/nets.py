@@ -27,6 +27,8 @@ from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 
+from agents import checkpoints
+
 CHECKPOINT = Path(__file__).with_name("checkpoint.pt")
 FORMAT = "rlhook-pendulum-ppo-v1"
 # value_scale: the critic's last Linear is followed by a fixed multiplication (a buffer, not trained). Returns
@@ -155,11 +157,12 @@ def save_agent(
         "meta": dict(meta or {}),
     }
     torch.save(state, path)
+    checkpoints.record(path)
 
 
 def read_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
     """The raw checkpoint dict (``format, config, actor, critic, obs_stats, meta``)."""
-    state = torch.load(CHECKPOINT if path is None else path, weights_only=True, map_location="cpu")
+    state = checkpoints.load(CHECKPOINT if path is None else path)  # digest-checked when shipped
     if state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={state.get('format')!r})")
     return state
