@@ -41,7 +41,9 @@ def test_a_flipped_bit_is_refused_by_name(shipped, where):
 
     load_agent(shipped)  # intact: loads
     flip(shipped, shipped.stat().st_size // 2 if where == "middle" else 40)
-    with pytest.raises(checkpoints.CorruptCheckpointError, match="checkpoint.pt is not the shipped checkpoint"):
+    with pytest.raises(
+        checkpoints.CorruptCheckpointError, match="checkpoint.pt is not the shipped checkpoint"
+    ):
         load_agent(shipped)
 
 

@@ -144,7 +144,9 @@ class FeatureAblation(PerturbationMethod):
             m = given[k] if given[k] is not None else shared.get(k)
             x = flat.get(k)
             if m is None:
-                raise ValueError(f"no feature mask for input {k!r}: pass feature_mask=... or ('feature_mask', {k!r})")
+                raise ValueError(
+                    f"no feature mask for input {k!r}: pass feature_mask=... or ('feature_mask', {k!r})"
+                )
             if m.is_floating_point():
                 raise TypeError(f"feature_mask for {k!r} must hold integer ids, got {m.dtype}")
             m = m.to(x.device).long()

@@ -14,19 +14,26 @@ are declared up front (the collector's dry run sees them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
+from torch import nn
 
 from rlhook.compat import is_vmapped
 from rlhook.hooked import HookedModule
 from rlhook.paths import Path, resolve
 
 __all__ = ["Recorder"]
+
+
+def _into_policy(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """When a module holding a Recorder loads, move the recorder's keys under its ``policy.`` child."""
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "policy.")]:
+        state_dict[prefix + "policy." + key[len(prefix) :]] = state_dict.pop(key)
 
 
 class Recorder(TensorDictModuleBase):
@@ -36,6 +43,9 @@ class Recorder(TensorDictModuleBase):
         policy: any TensorDictModule policy (a TorchRL actor, a ``TensorDictSequential``...).
         paths: module paths relative to ``policy`` (dotted, regex, list).
         prefix: key prefix of the recorded activations (default ``("rlhook",)``).
+
+    The recorder is transparent to checkpoints: its ``state_dict`` is the policy's (no ``policy.`` prefix, also
+    inside a parent module), so a checkpoint of the bare policy loads into it and back.
 
     Reads the policy's ``in_keys``; writes its ``out_keys`` plus ``(*prefix, name)`` for each recorded module,
     shaped like the TensorDict's batch plus the activation's own dims. A policy that flattens several batch
@@ -57,9 +67,24 @@ class Recorder(TensorDictModuleBase):
         self._targets = resolve(policy, paths)  # resolved once; plain list, so not registered twice
         # the get-set core over the same policy, kept out of the module tree (state_dict stays the policy's)
         object.__setattr__(self, "_hooked", HookedModule(policy))
+        self.register_load_state_dict_pre_hook(
+            _into_policy
+        )  # nested loads: keys as the bare policy wrote them
         self.names = [name for name, _ in self._targets]
         self.in_keys = list(policy.in_keys)
         self.out_keys = list(policy.out_keys) + [self.key(n) for n in self.names]
+
+    def state_dict(
+        self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
+    ) -> Any:
+        """The policy's own state dict: a checkpoint of the policy loads into the recorder and back."""
+        return self.policy.state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load a state dict written by the policy (or by this recorder: the same keys)."""
+        return self.policy.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def key(self, name: str) -> tuple[str, ...]:
         """The TensorDict key of the module recorded as ``name``."""

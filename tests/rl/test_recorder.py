@@ -108,3 +108,25 @@ def test_flattened_batch_dims_are_restored():
     torch.testing.assert_close(out["rlhook", "module.lin"], out["y"])
     single = rec(TensorDict({"x": torch.randn(5)}, []))
     assert single["rlhook", "module.lin"].shape == (1, 2)
+
+
+def test_checkpoints_round_trip_through_a_recorder(actor, tmp_path):
+    """A checkpoint of the bare policy loads into the recorder and back, also nested in a parent module (as a
+    collector or trainer saves it)."""
+    torch.manual_seed(3)
+    rec, other = Recorder(make_actor(), LAYERS), make_actor()
+    assert rec.state_dict().keys() == actor.state_dict().keys()
+    rec.load_state_dict(actor.state_dict())
+    for k, v in actor.state_dict().items():
+        assert torch.equal(rec.state_dict()[k], v), k
+    torch.save(torch.nn.ModuleDict({"policy": rec}).state_dict(), tmp_path / "ckpt.pt")
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert set(saved) == {f"policy.{k}" for k in actor.state_dict()}
+    torch.nn.ModuleDict({"policy": other}).load_state_dict(saved)  # recorder checkpoint -> bare policy
+    torch.nn.ModuleDict({"policy": Recorder(make_actor(), LAYERS)}).load_state_dict(saved)  # and back
+    for k, v in actor.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
+    from tensordict import TensorDict
+
+    obs = TensorDict({"observation": torch.randn(3, 9)}, [3])
+    torch.testing.assert_close(rec(obs.clone())["loc"], actor.module[0](obs.clone())["loc"])
