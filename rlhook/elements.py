@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SEP", "Element", "split", "parse", "select", "replace", "describe"]
+__all__ = ["SEP", "Element", "split", "parse", "select", "replace", "describe", "first_of"]
 
 #: separates a module path from its element
 SEP = "@"
@@ -92,3 +92,9 @@ def replace(value: Any, element: Element, new: Any, where: str = "module output"
         copy[part] = inner
         return copy
     raise TypeError(f"{where}: cannot write element {part!r} back into a {type(value).__name__}")
+
+
+def first_of(name: str) -> str:
+    """The path naming the first element of what ``name`` names (for error messages): ``"lstm"`` ->
+    ``"lstm@0"``, ``"lstm@1"`` -> ``"lstm@1.0"``."""
+    return name + (".0" if SEP in name else SEP + "0")

@@ -25,6 +25,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
+from rlhook import elements
 from rlhook.hooks import Hooks
 from rlhook.keys import get_key
 from rlhook.methods import Method, Prepared, check_count
@@ -232,7 +233,7 @@ def gradients(
             if not isinstance(act, torch.Tensor):
                 raise TypeError(
                     f"layer {name!r} gives a {type(act).__name__}; layer attribution needs a tensor: name an "
-                    f"element of the output, e.g. '{name}@0'"
+                    f"element of the output, e.g. '{elements.first_of(name)}'"
                 )
         scores = evaluate(target, run.output, batch_dims=1)
         wrt = leaves + list(acts.values())

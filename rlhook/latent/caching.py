@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from tensordict import TensorDictBase
 
+from rlhook import elements
 from rlhook.hooks import Hooks
 from rlhook.methods import Method, Prepared
 from rlhook.paths import Path
@@ -72,7 +73,7 @@ class ActivationCaching(Method):
             if not isinstance(value, torch.Tensor):
                 raise TypeError(
                     f"module {name!r} returned {type(value).__name__}, not a tensor; name an element of it "
-                    f"('{name}@0') or pass callback=lambda name, out: out[0] to pick what to cache"
+                    f"('{elements.first_of(name)}') or pass callback=lambda name, out: out[0] to pick what to cache"
                 )
             values[name] = value
         out = run.output

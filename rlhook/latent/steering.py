@@ -14,6 +14,7 @@ import torch
 from tensordict import TensorDictBase
 from torch import nn
 
+from rlhook import elements
 from rlhook.hooks import Hooks
 from rlhook.keys import get_key, source_td
 from rlhook.methods import Method, Prepared
@@ -104,7 +105,7 @@ class _Add:
         if not isinstance(output, torch.Tensor):
             raise TypeError(
                 f"module {self.name!r} returned {type(output).__name__}; steering needs a tensor: name an element "
-                f"of the output, e.g. '{self.name}@0'"
+                f"of the output, e.g. '{elements.first_of(self.name)}'"
             )
         scale = getattr(self.state, f"scale_{self.index}")
         delta = self.fn(output) if self.fn is not None else getattr(self.state, f"vector_{self.index}")

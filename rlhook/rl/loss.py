@@ -26,6 +26,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torch import nn
 
+from rlhook import elements
 from rlhook.compat import is_vmapped
 from rlhook.hooks import Hooks
 from rlhook.keys import get_key
@@ -61,7 +62,7 @@ def _checked_calls(name: str, proxy: Proxy) -> list[torch.Tensor]:
         if not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"layer {name!r} returned {type(out).__name__}; attribution needs a tensor: name an element, "
-                f"e.g. '{name}@0'"
+                f"e.g. '{elements.first_of(name)}'"
             )
     return list(proxy.calls)
 

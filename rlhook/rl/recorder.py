@@ -22,7 +22,9 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
+from rlhook import elements
 from rlhook.compat import is_vmapped
 from rlhook.hooked import HookedModule
 from rlhook.paths import Path, resolve
@@ -96,10 +98,16 @@ class Recorder(TensorDictModuleBase):
         out = run.output
         values = run.collect(saved)
         for name, value in values.items():
+            if isinstance(value, PackedSequence):
+                raise TypeError(
+                    f"Recorder: module {name!r} returned a PackedSequence (a recurrent module in recurrent mode packs "
+                    "the sequences of a batch); record it step by step (as collectors run it), or record the "
+                    "module's own output key"
+                )
             if not isinstance(value, torch.Tensor):
                 raise TypeError(
                     f"Recorder: module {name!r} returned {type(value).__name__}, not a tensor; name an element of "
-                    f"it, e.g. '{name}@0'"
+                    f"it, e.g. '{elements.first_of(name)}'"
                 )
             if is_vmapped(value):
                 raise RuntimeError(

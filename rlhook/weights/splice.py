@@ -13,6 +13,7 @@ import torch
 from tensordict import TensorDictBase
 from torch import nn
 
+from rlhook import elements
 from rlhook.hooks import Hooks
 from rlhook.methods import Method, Prepared
 from rlhook.paths import Path
@@ -113,7 +114,7 @@ class _Edit:
         if not isinstance(output, torch.Tensor):
             raise TypeError(
                 f"module {self.name!r} returned {type(output).__name__}; a splice edits tensors: name an element "
-                f"of the output, e.g. '{self.name}@0'"
+                f"of the output, e.g. '{elements.first_of(self.name)}'"
             )
         if self.source is not None and not self.source.fired:
             raise RuntimeError(

@@ -130,3 +130,32 @@ def test_checkpoints_round_trip_through_a_recorder(actor, tmp_path):
 
     obs = TensorDict({"observation": torch.randn(3, 9)}, [3])
     torch.testing.assert_close(rec(obs.clone())["loc"], actor.module[0](obs.clone())["loc"])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_recurrent_policies_record_an_element_through_a_collector(kind):
+    """TorchRL's LSTMModule/GRUModule run an nn.LSTM/GRU that returns a tuple; "module.0.<rnn>@0" records its
+    output sequence, equal to the module's own output key, step by step in a Collector; in recurrent mode the
+    module packs the batch's sequences, which the recorder refuses with an error saying what to record."""
+    from tensordict.nn import TensorDictModule, TensorDictSequential
+    from torchrl.envs import InitTracker, TransformedEnv
+    from torchrl.modules import MLP, GRUModule, LSTMModule, set_recurrent_mode
+
+    torch.manual_seed(0)
+    rnn_cls = LSTMModule if kind == "lstm" else GRUModule
+    rnn = rnn_cls(input_size=9, hidden_size=16, in_key="observation", out_key="embed")
+    env = TransformedEnv(make_env(seed=0), InitTracker())
+    env.append_transform(rnn.make_tensordict_primer())
+    head = TensorDictModule(MLP(in_features=16, out_features=1, num_cells=[]), ["embed"], ["action"])
+    rec = Recorder(TensorDictSequential(rnn, head), [f"module.0.{kind}@0"])
+    collector = Collector(env, rec, frames_per_batch=24, total_frames=24)
+    batch = next(iter(collector))
+    collector.shutdown()
+    key = ("rlhook", f"module.0.{kind}@0")
+    torch.testing.assert_close(batch[key].reshape(24, 16), batch["embed"])
+    with (
+        set_recurrent_mode(True),
+        pytest.raises(TypeError, match="PackedSequence"),
+    ):  # packed: refused clearly
+        rec(batch.exclude("rlhook", "embed").unsqueeze(0))
+    assert hook_count(rec.policy) == 0
