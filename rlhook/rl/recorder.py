@@ -46,6 +46,10 @@ class Recorder(TensorDictModuleBase):
         paths: module paths relative to ``policy`` (dotted, regex, list).
         prefix: key prefix of the recorded activations (default ``("rlhook",)``).
 
+    Every frame it writes also gets ``(*prefix, "recorded") = True``: frames a collector fills without calling
+    the policy (random exploration, ``init_random_frames``) keep False there, so their zero activations can be
+    told apart (``batch[batch["rlhook", "recorded"]]``).
+
     The recorder is transparent to checkpoints: its ``state_dict`` is the policy's (no ``policy.`` prefix, also
     inside a parent module), so a checkpoint of the bare policy loads into it and back.
 
@@ -74,7 +78,7 @@ class Recorder(TensorDictModuleBase):
         )  # nested loads: keys as the bare policy wrote them
         self.names = [name for name, _ in self._targets]
         self.in_keys = list(policy.in_keys)
-        self.out_keys = list(policy.out_keys) + [self.key(n) for n in self.names]
+        self.out_keys = list(policy.out_keys) + [self.key(n) for n in self.names] + [self.mask_key]
 
     def state_dict(
         self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
@@ -87,6 +91,12 @@ class Recorder(TensorDictModuleBase):
     ) -> Any:
         """Load a state dict written by the policy (or by this recorder: the same keys)."""
         return self.policy.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def mask_key(self) -> tuple[str, ...]:
+        """``(*prefix, "recorded")``: True on every frame this recorder wrote. Frames a collector fills without
+        calling the policy (``init_random_frames``) hold False there and zeros in the activation keys."""
+        return (*self.prefix, "recorded")
 
     def key(self, name: str) -> tuple[str, ...]:
         """The TensorDict key of the module recorded as ``name``."""
@@ -118,6 +128,7 @@ class Recorder(TensorDictModuleBase):
             if len(batch) > 1 and value.shape[: len(batch)] != batch and value.shape[:1] == (batch.numel(),):
                 value = value.reshape(*batch, *value.shape[1:])  # the policy flattened the batch dims
             out.set(self.key(name), value)
+        out.set(self.mask_key, torch.ones(out.batch_size, dtype=torch.bool, device=out.device))
         return out
 
     def __getattr__(self, name: str) -> Any:

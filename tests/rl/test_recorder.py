@@ -42,7 +42,7 @@ def actor():
 
 def test_keys_declared_and_picklable(actor):
     rec = Recorder(actor, LAYERS)
-    assert [("rlhook", n) for n in NAMES] == rec.out_keys[-2:]
+    assert [("rlhook", n) for n in NAMES] + [("rlhook", "recorded")] == rec.out_keys[-3:]
     clone = pickle.loads(pickle.dumps(rec))
     assert clone.names == NAMES and hook_count(actor) == 0
     with pytest.raises(TypeError, match="TensorDictModule"):
@@ -159,3 +159,16 @@ def test_recurrent_policies_record_an_element_through_a_collector(kind):
     ):  # packed: refused clearly
         rec(batch.exclude("rlhook", "embed").unsqueeze(0))
     assert hook_count(rec.policy) == 0
+
+
+def test_random_exploration_frames_are_marked(actor):
+    """Frames the collector fills without the policy (init_random_frames) hold zeros: the mask says which."""
+    rec = Recorder(actor, LAYERS)
+    collector = Collector(make_env(seed=0), rec, frames_per_batch=20, total_frames=60, init_random_frames=20)
+    batches = list(collector)
+    collector.shutdown()
+    assert not batches[0]["rlhook", "recorded"].any()
+    assert (batches[0]["rlhook", NAMES[1]] == 0).all()  # what the mask exists for
+    for batch in batches[1:]:
+        assert batch["rlhook", "recorded"].all()
+        check(batch, actor)
