@@ -62,6 +62,14 @@ class ExplainBatch:
             torch.enable_grad(),
         ):
             out = hooked(work)
+        taken = [
+            name for name in self.products if name in out.keys() and (*self.prefix, name) in batch.keys(True)
+        ]
+        if taken:
+            raise ValueError(
+                f"the batch already holds {[(*self.prefix, n) for n in taken]} (another ExplainBatch?); give this "
+                "one its own prefix=..., e.g. prefix=('rlhook', 'critic')"
+            )
         for name in self.products:
             if name in out.keys():
                 value = out.get(name)

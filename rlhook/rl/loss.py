@@ -56,8 +56,9 @@ def _checked_calls(name: str, proxy: Proxy) -> list[torch.Tensor]:
         if isinstance(out, torch.Tensor) and is_vmapped(out):
             raise RuntimeError(
                 f"layer {name!r} ran under torch.vmap inside the loss, so its activations cannot be attributed "
-                "per call. Build the value estimator / loss with deactivate_vmap=True, or compute the advantage "
-                "before calling the loss (then no value network runs under vmap)"
+                "per call. TorchRL vmaps value estimators run inside a loss (GAE, TD(lambda): build them with "
+                "deactivate_vmap=True, or compute the advantage before calling the loss) and critic ensembles "
+                "(SAC, TD3, REDQ: build the loss with deactivate_vmap=True)"
             )
         if not isinstance(out, torch.Tensor):
             raise TypeError(

@@ -33,7 +33,7 @@ from torch import nn
 
 from rlhook.latent.caching import ActivationCaching
 from rlhook.latent.controls import probe_with_controls, split_rows
-from rlhook.paths import Path
+from rlhook.paths import Path, resolve
 
 __all__ = ["TrainingProbes"]
 
@@ -98,6 +98,11 @@ class TrainingProbes:
         self._calls = 0
 
     def _activations(self, policy: nn.Module, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        if policy is self.policy:  # a Recorder's ("rlhook", name) keys, when the batch has every layer
+            names = [name for name, _ in resolve(policy, self.paths)]
+            recorded = {n: batch.get(("rlhook", n), None) for n in names}
+            if all(v is not None for v in recorded.values()):
+                return recorded
         td = batch.select(*policy.in_keys).clone(False)
         with torch.no_grad(), ActivationCaching(self.paths).prepare(policy) as hooked:
             out = hooked(td)
@@ -117,6 +122,9 @@ class TrainingProbes:
             if labels[q] is None:
                 raise ValueError(f"label {q!r} must hold one number per step, got shape {tuple(v.shape)}")
         finite = torch.stack([torch.isfinite(v) for v in labels.values()]).all(0)
+        mask = batch.get(("rlhook", "recorded"), None)
+        if mask is not None:  # frames a Recorder did not write (random exploration) hold zeros: left out
+            finite = finite & mask.reshape(-1)
         labels = {q: v[finite] for q, v in labels.items()}
         trained = {k: _rows(v, nb)[finite] for k, v in self._activations(self.policy, batch).items()}
         random = {k: _rows(v, nb)[finite] for k, v in self._activations(self.random_policy, batch).items()}

@@ -144,3 +144,14 @@ def test_sac_ensemble_vmapped_refused_and_unrolled_calls_keyed(setup):
     assert len(calls) >= 2  # one key per ensemble member call, never one silently merged map
     assert any(td["attr", "loss_qvalue", k].abs().sum() > 0 for k in calls)
     assert hook_count(q) == 0
+
+
+def test_two_explain_batches_do_not_overwrite_each_other(setup):
+    actor, critic, batch = setup
+    b = ExplainBatch(Saliency(target="state_value", abs=False), critic)(batch.clone())
+    with pytest.raises(ValueError, match="its own prefix"):
+        ExplainBatch(Saliency(target="state_value"), critic)(b)
+    both = ExplainBatch(Saliency(target="state_value"), critic, prefix=("rlhook", "abs"))(b)
+    torch.testing.assert_close(
+        both["rlhook", "abs", "attr", "observation"], b["rlhook", "attr", "observation"].abs()
+    )

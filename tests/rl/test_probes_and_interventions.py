@@ -54,6 +54,25 @@ def test_probes_recover_a_planted_feature_and_report_controls(actor_and_batch, t
     assert hook_count(actor) == 0
 
 
+def test_probes_read_recorded_activations_and_skip_unrecorded_frames(actor_and_batch):
+    """With a Recorder's keys in the batch the probes use them (here planted: one unit equals the label, which
+    the real layer does not give), and frames marked unrecorded are left out."""
+    actor, batch = actor_and_batch
+    b = batch.clone()
+    n = b.batch_size.numel()
+    label = torch.randn(b.batch_size, generator=torch.Generator().manual_seed(5))
+    planted = 0.01 * torch.randn(*b.batch_size, 256, generator=torch.Generator().manual_seed(6))
+    planted[..., 0] = label  # with the unrecorded zero rows kept, a quarter of the labels would be unexplained
+    recorded = torch.ones(b.batch_size, dtype=torch.bool)
+    recorded.view(-1)[: n // 4] = False  # as random exploration frames: zeros, not written by the policy
+    planted.view(n, 256)[: n // 4] = 0
+    b["rlhook", ACT1] = planted
+    b["rlhook", "recorded"] = recorded
+    probes = TrainingProbes(actor, [ACT1], lambda x: {"q": label})
+    rows = {r["model"]: r["r2"] for r in probes.probe(b, frames=1)}
+    assert rows["trained"] > 0.999 and rows["random_init"] < 0.9
+
+
 def test_ablation_matches_manual_forward(actor_and_batch):
     actor, batch = actor_and_batch
     net = actor.module[0].module
