@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import nn
@@ -107,6 +107,8 @@ class Recorder(TensorDictModuleBase):
             saved = {name: run.save(site, detach=True) for name, site in zip(self.names, self._targets)}
         out = run.output
         values = run.collect(saved)
+        batch = out.batch_size
+        products = {}
         for name, value in values.items():
             if isinstance(value, PackedSequence):
                 raise TypeError(
@@ -124,11 +126,16 @@ class Recorder(TensorDictModuleBase):
                     f"Recorder: module {name!r} ran under torch.vmap; its activation cannot leave the vmapped "
                     "call. Record outside vmap (e.g. GAE(..., deactivate_vmap=True))"
                 )
-            batch = out.batch_size
             if len(batch) > 1 and value.shape[: len(batch)] != batch and value.shape[:1] == (batch.numel(),):
                 value = value.reshape(*batch, *value.shape[1:])  # the policy flattened the batch dims
-            out.set(self.key(name), value)
-        out.set(self.mask_key, torch.ones(out.batch_size, dtype=torch.bool, device=out.device))
+            products[name] = value
+        products["recorded"] = torch.ones(batch, dtype=torch.bool, device=out.device)
+        sub = out.get(self.prefix, None)
+        if sub is None:  # one nested TensorDict for all the activations: fewer key walks per frame
+            out.set(self.prefix, TensorDict(products, batch_size=batch, device=out.device))
+        else:
+            for name, value in products.items():
+                sub.set(name, value)
         return out
 
     def __getattr__(self, name: str) -> Any:

@@ -62,7 +62,9 @@ def test_probes_read_recorded_activations_and_skip_unrecorded_frames(actor_and_b
     n = b.batch_size.numel()
     label = torch.randn(b.batch_size, generator=torch.Generator().manual_seed(5))
     planted = 0.01 * torch.randn(*b.batch_size, 256, generator=torch.Generator().manual_seed(6))
-    planted[..., 0] = label  # with the unrecorded zero rows kept, a quarter of the labels would be unexplained
+    planted[..., 0] = (
+        label  # with the unrecorded zero rows kept, a quarter of the labels would be unexplained
+    )
     recorded = torch.ones(b.batch_size, dtype=torch.bool)
     recorded.view(-1)[: n // 4] = False  # as random exploration frames: zeros, not written by the policy
     planted.view(n, 256)[: n // 4] = 0
