@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torchrl.collectors import Collector
 
-from agents.pendulum.nets import load_agent
-from envs.pendulum import make_env
-from rlhook.rl import Recorder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: agents/ and envs/
+from agents.pendulum.nets import load_agent  # noqa: E402
+from envs.pendulum import make_env  # noqa: E402
+from rlhook.rl import Recorder  # noqa: E402
 
 LAYERS = ["module.0.module.act0", "module.0.module.act1", "module.0.module.out"]
 
