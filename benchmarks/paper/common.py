@@ -1,0 +1,63 @@
+"""What every task script shares: its command line, seeding, the spawn/run split and the result line.
+
+A task script is started once per library, configuration, seed and phase. ``--phase spawn`` stops after the
+imports and the model/data construction; ``--phase run`` goes on to do the work once, timing it in-process
+too. The driver (``bench.py``) wraps each process in ``/usr/bin/time -v`` and reads the ``RESULT`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+Outputs = dict[str, torch.Tensor]
+
+
+def parser(doc: str | None, libs: Sequence[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    p.add_argument("--lib", choices=list(libs), required=True)
+    p.add_argument("--phase", choices=["spawn", "run"], default="run")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--save", help="write the outputs to this .pt file (the accuracy check reads it)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return torch.device(args.device)
+
+
+def mlp(width: int, height: int) -> nn.Sequential:
+    """``height`` x (``Linear(width, width)`` + ReLU), the paper's MLP."""
+    layers: list[nn.Module] = []
+    for _ in range(height):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def finish(args: argparse.Namespace, work: Callable[[], Outputs], extra: dict | None = None) -> None:
+    """Do ``work`` once unless this is a spawn process; print the RESULT line; save outputs if asked."""
+    dev = torch.device(args.device)
+    result: dict = {"work_s": 0.0, **(extra or {})}
+    if args.phase == "run":
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        outputs = work()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        result["work_s"] = time.perf_counter() - t0
+        if dev.type == "cuda":
+            result["vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        if args.save:
+            torch.save({k: v.detach().float().cpu() for k, v in outputs.items()}, args.save)
+    print("RESULT " + json.dumps(result), flush=True)
