@@ -41,15 +41,12 @@ def main() -> None:
         policy = ActivationCaching(r"module\.0\.module\.(act0|act1|out)").prepare(actor).__enter__()
     else:
         policy = actor
-    collector = Collector(
-        make_env(seed=args.seed, obs_stats=stats, physics=False),
-        policy,
-        frames_per_batch=args.frames,
-        total_frames=args.frames,
-        auto_register_policy_transforms=False,
-    )
+    env = make_env(seed=args.seed, obs_stats=stats, physics=False)
 
     def work() -> dict:
+        collector = Collector(
+            env, policy, frames_per_batch=args.frames, total_frames=args.frames, auto_register_policy_transforms=False
+        )
         batches = list(collector)
         collector.shutdown()
         batch = batches[0]

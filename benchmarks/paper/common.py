@@ -1,14 +1,15 @@
 """What every task script shares: its command line, seeding, the spawn/run split and the result line.
 
 A task script is started once per library, configuration, seed and phase. ``--phase spawn`` stops after the
-imports and the model/data construction; ``--phase run`` goes on to do the work once, timing it in-process
-too. The driver (``bench.py``) wraps each process in ``/usr/bin/time -v`` and reads the ``RESULT`` line.
+imports and the model/data construction; ``--phase run`` goes on to do the work (``--repeats`` times), timing
+each call in-process too: the first call apart (``work_s``), the median of the later ones (``warm_s``). The driver (``bench.py``) wraps each process in ``/usr/bin/time -v`` and reads the ``RESULT`` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,6 +27,7 @@ def parser(doc: str | None, libs: Sequence[str]) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--save", help="write the outputs to this .pt file (the accuracy check reads it)")
+    p.add_argument("--repeats", type=int, default=1, help="calls of the work; the first is reported apart")
     return p
 
 
@@ -51,11 +53,16 @@ def finish(args: argparse.Namespace, work: Callable[[], Outputs], extra: dict | 
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        outputs = work()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        result["work_s"] = time.perf_counter() - t0
+        times = []
+        for _ in range(max(1, args.repeats)):
+            t0 = time.perf_counter()
+            outputs = work()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        result["work_s"] = times[0]  # the first call, as a one-shot script pays it
+        if len(times) > 1:
+            result["warm_s"] = statistics.median(times[1:])
         if dev.type == "cuda":
             result["vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
         if args.save:

@@ -73,7 +73,7 @@ def main() -> None:
 
         def work() -> dict:
             with torch.no_grad():
-                return {"output": model(x)}
+                return {"plain_output": model(x)}
 
     finish(args, work)
 
