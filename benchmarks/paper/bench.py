@@ -43,7 +43,17 @@ def check(name: str, task, args) -> dict:
         saved, errors = {}, {}
         for lib in task.libs:
             path = f"{tmp}/{lib}.pt"
-            row = launch(python, task.module, lib, "run", task.check, 42, threads=args.threads, device=args.device, save=path)
+            row = launch(
+                python,
+                task.module,
+                lib,
+                "run",
+                task.check,
+                42,
+                threads=args.threads,
+                device=args.device,
+                save=path,
+            )
             if "error" in row:
                 errors[lib] = row["error"]
             else:
@@ -71,7 +81,10 @@ def main() -> None:
 
     accuracy = {name: check(name, TASKS[name], args) for name in args.tasks}
     (out / "accuracy.json").write_text(json.dumps(accuracy, indent=1))
-    agreed = {name: [lib for lib in TASKS[name].libs if accuracy[name].get(lib, {}).get("ok")] for name in args.tasks}
+    agreed = {
+        name: [lib for lib in TASKS[name].libs if accuracy[name].get(lib, {}).get("ok")]
+        for name in args.tasks
+    }
 
     rows: list[dict] = []
     for rnd, seed in enumerate(args.seeds):
@@ -85,11 +98,27 @@ def main() -> None:
                     phases = ("spawn", "run") if rnd % 2 == 0 else ("run", "spawn")
                     for phase in phases:
                         r = launch(
-                            python, task.module, lib, phase, config, seed, threads=args.threads,
-                            device=args.device, repeats=task.repeats if phase == "run" else 1,
+                            python,
+                            task.module,
+                            lib,
+                            phase,
+                            config,
+                            seed,
+                            threads=args.threads,
+                            device=args.device,
+                            repeats=task.repeats if phase == "run" else 1,
                         )
-                        rows.append({"task": name, "config": label(config), "lib": lib, "seed": seed,
-                                     "round": rnd, "phase": phase, **r})
+                        rows.append(
+                            {
+                                "task": name,
+                                "config": label(config),
+                                "lib": lib,
+                                "seed": seed,
+                                "round": rnd,
+                                "phase": phase,
+                                **r,
+                            }
+                        )
                 print(f"round {rnd} seed {seed} {name} {label(config)} done ({time.time() - started:.0f} s)")
         write_raw(out, rows)
 

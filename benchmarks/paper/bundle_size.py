@@ -95,7 +95,9 @@ def main() -> None:
         if r.get("mb") is None:
             lines.append(f"| {r['install']} | failed | | |")
         else:
-            lines.append(f"| {r['install']} | {r['mb']:,} | {r['files']:,} | +{r['extra_mb']} MB, +{r['extra_files']:,} files |")
+            lines.append(
+                f"| {r['install']} | {r['mb']:,} | {r['files']:,} | +{r['extra_mb']} MB, +{r['extra_files']:,} files |"
+            )
     (out / "bundle.md").write_text("\n".join(lines) + "\n")
     plot(rows, out / "bundle.png")
 

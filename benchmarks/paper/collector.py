@@ -45,7 +45,11 @@ def main() -> None:
 
     def work() -> dict:
         collector = Collector(
-            env, policy, frames_per_batch=args.frames, total_frames=args.frames, auto_register_policy_transforms=False
+            env,
+            policy,
+            frames_per_batch=args.frames,
+            total_frames=args.frames,
+            auto_register_policy_transforms=False,
         )
         batches = list(collector)
         collector.shutdown()

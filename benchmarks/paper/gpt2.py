@@ -65,7 +65,9 @@ def main() -> None:
 
     dev = setup(args)
     d, layers, heads = SIZES[args.model]
-    model = GPT2LMHeadModel(GPT2Config(n_embd=d, n_layer=layers, n_head=heads, use_cache=False)).to(dev).eval()
+    model = (
+        GPT2LMHeadModel(GPT2Config(n_embd=d, n_layer=layers, n_head=heads, use_cache=False)).to(dev).eval()
+    )
     ids = torch.tensor([HELLO_WORLD] * args.batch, device=dev)
     names = running_modules(model, ids)
     block = f"transformer.h.{BLOCK}"
@@ -84,7 +86,10 @@ def main() -> None:
         td = TensorDict({"input_ids": ids}, batch_size=[args.batch], device=dev)
 
         def work() -> dict:
-            with torch.no_grad(), method.prepare(model, {"input_ids": "input_ids"}, {"logits": "logits"}) as h:
+            with (
+                torch.no_grad(),
+                method.prepare(model, {"input_ids": "input_ids"}, {"logits": "logits"}) as h,
+            ):
                 out = h(td.clone(False))
             assert len(out["cache"].keys(True, True)) == len(names)
             return {"logits": out["logits"], "block": out["cache", block]}
@@ -114,7 +119,9 @@ def main() -> None:
         from transformer_lens.model_bridge import TransformerBridge
 
         with tempfile.TemporaryDirectory() as folder:  # the bridge reads the tokenizer's folder again
-            bridge = TransformerBridge.boot_transformers("gpt2", hf_model=model, tokenizer=local_tokenizer(folder))
+            bridge = TransformerBridge.boot_transformers(
+                "gpt2", hf_model=model, tokenizer=local_tokenizer(folder)
+            )
 
         def work() -> dict:
             with torch.no_grad():

@@ -21,7 +21,9 @@ class Task:
     full: dict  # axis -> values, each varied alone around the default
     quick: dict
     check: dict  # the small configuration of the accuracy check
-    ref: dict = field(default_factory=dict)  # lib -> the rlhook variant doing the same work (default "rlhook")
+    ref: dict = field(
+        default_factory=dict
+    )  # lib -> the rlhook variant doing the same work (default "rlhook")
     venv: str = "main"
     repeats: int = 3
 

@@ -33,7 +33,9 @@ def main() -> None:
     dev = setup(args)
     model = mlp(args.width, args.height).to(dev).eval()
     x = torch.randn(args.batch, args.width, device=dev)
-    td = TensorDict({"input": x, ("baseline", "input"): torch.zeros_like(x)}, batch_size=[args.batch], device=dev)
+    td = TensorDict(
+        {"input": x, ("baseline", "input"): torch.zeros_like(x)}, batch_size=[args.batch], device=dev
+    )
 
     if lib in ("rlhook", "rlhook_sum"):
         from rlhook.attribution import IntegratedGradients
@@ -79,7 +81,9 @@ def main() -> None:
     elif lib == "tdhook":
         from tdhook.attribution import IntegratedGradients as TdIG
 
-        sel = lambda out, _: TensorDict(score=out["output"][:, a] + out["output"][:, b], batch_size=out.batch_size)
+        sel = lambda out, _: TensorDict(
+            score=out["output"][:, a] + out["output"][:, b], batch_size=out.batch_size
+        )
         method = TdIG(init_attr_targets=sel, n_steps=n, multiply_by_inputs=True)
 
         def work() -> dict:

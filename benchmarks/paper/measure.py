@@ -56,8 +56,18 @@ def env(threads: int) -> dict:
 
 
 def launch(
-    python: str, module: str, lib: str, phase: str, config: dict, seed: int, *, threads: int = 2,
-    device: str = "cpu", repeats: int = 1, save: str | None = None, timeout: float = 900,
+    python: str,
+    module: str,
+    lib: str,
+    phase: str,
+    config: dict,
+    seed: int,
+    *,
+    threads: int = 2,
+    device: str = "cpu",
+    repeats: int = 1,
+    save: str | None = None,
+    timeout: float = 900,
 ) -> dict:
     """Run one task process; return its measurements (``error`` set if it failed)."""
     args = [python, "-m", module, "--lib", lib, "--phase", phase, "--seed", str(seed), "--device", device]
@@ -73,7 +83,11 @@ def launch(
         try:
             proc = subprocess.run(
                 ["/usr/bin/time", "-v", "-o", tf.name, *args],
-                cwd=ROOT, env=env(threads), capture_output=True, text=True, timeout=timeout,
+                cwd=ROOT,
+                env=env(threads),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:.0f} s"}

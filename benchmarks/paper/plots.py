@@ -11,7 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.paper.summary import pivot  # noqa: E402
 
-PANELS = [("warm", "run time (warm)"), ("cold", "run time (first call)"), ("spawn", "spawn time"), ("rss", "peak RSS")]
+PANELS = [
+    ("warm", "run time (warm)"),
+    ("cold", "run time (first call)"),
+    ("spawn", "spawn time"),
+    ("rss", "peak RSS"),
+]
 
 
 def plot_all(summary: list[dict], out: Path) -> list[Path]:

@@ -31,13 +31,17 @@ def main() -> None:
     from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
 
     dev = setup(args)
-    net = nn.Sequential(MLP(OBS, 2 * ACT, num_cells=[HIDDEN] * DEPTH, activation_class=nn.Tanh), NormalParamExtractor())
+    net = nn.Sequential(
+        MLP(OBS, 2 * ACT, num_cells=[HIDDEN] * DEPTH, activation_class=nn.Tanh), NormalParamExtractor()
+    )
     params = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
     actor = ProbabilisticActor(params, in_keys=["loc", "scale"], distribution_class=TanhNormal).to(dev).eval()
     obs = torch.randn(args.batch, OBS, device=dev)
     actions = torch.rand(k, args.batch, ACT, device=dev) * 1.8 - 0.9  # inside TanhNormal's (-1, 1)
     td = TensorDict(
-        {"observation": obs, **{f"action_{i}": actions[i] for i in range(k)}}, batch_size=[args.batch], device=dev
+        {"observation": obs, **{f"action_{i}": actions[i] for i in range(k)}},
+        batch_size=[args.batch],
+        device=dev,
     )
 
     if lib == "rlhook":
@@ -45,7 +49,9 @@ def main() -> None:
         from rlhook.targets import ActionLogProb, policy_params
 
         logps = {f"a{i}": ActionLogProb(actor, action_key=f"action_{i}") for i in range(k)}
-        target = lambda out: TensorDict({name: f(out) for name, f in logps.items()}, batch_size=out.batch_size)
+        target = lambda out: TensorDict(
+            {name: f(out) for name, f in logps.items()}, batch_size=out.batch_size
+        )
         method = IntegratedGradients(target, n_steps=n, delta=False)
 
         def work() -> dict:

@@ -23,7 +23,9 @@ def summarise(rows: list[dict], tasks: dict) -> list[dict]:
     for r in rows:
         if "error" not in r:
             by[(r["task"], r["config"], r["lib"], r["round"], r["phase"])] = r
-    keys = sorted({(t, c, lib) for t, c, lib, _, _ in by}, key=lambda k: (list(tasks).index(k[0]), k[1], k[2]))
+    keys = sorted(
+        {(t, c, lib) for t, c, lib, _, _ in by}, key=lambda k: (list(tasks).index(k[0]), k[1], k[2])
+    )
     rounds = sorted({k[3] for k in by})
     out = []
     for task, config, lib in keys:
@@ -31,7 +33,10 @@ def summarise(rows: list[dict], tasks: dict) -> list[dict]:
         for metric, (phase, field, _) in METRICS.items():
             values, ratios = [], []
             for rnd in rounds:
-                mine, theirs = by.get((task, config, lib, rnd, phase)), by.get((task, config, ref, rnd, phase))
+                mine, theirs = (
+                    by.get((task, config, lib, rnd, phase)),
+                    by.get((task, config, ref, rnd, phase)),
+                )
                 if mine is None or field not in mine:
                     continue
                 values.append(mine[field])
@@ -81,7 +86,7 @@ def write_tables(path: Path, summary: list[dict], meta: dict) -> None:
             "|---|---|---|---:|---:|---:|---:|",
         ]
         for config, lib in dict.fromkeys((r["config"], r["lib"]) for r in summary if r["task"] == task):
-            g = lambda m, c=config, lib=lib: index.get((task, c, lib, m))
+            g = lambda m, t=task, c=config, lib=lib: index.get((t, c, lib, m))
             vs = (g("cold") or g("spawn") or {}).get("vs", "")
             lines.append(
                 f"| {config} | {lib} | {vs} | {cell(g('warm'), 'ms')} | {cell(g('cold'), 'ms')} | "
