@@ -10,6 +10,7 @@ from pathlib import Path
 METRICS = {
     "cold": ("run", "work_s", "first call, in-process"),
     "warm": ("run", "warm_s", "median of the later calls, in-process"),
+    "warm_cpu": ("run", "warm_cpu_s", "CPU seconds (all threads) of the later calls, in-process"),
     "spawn": ("spawn", "wall_s", "spawn process wall time"),
     "run_wall": ("run", "wall_s", "run process wall time"),
     "rss": ("run", "rss_mb", "peak RSS of the run process"),
@@ -82,14 +83,14 @@ def write_tables(path: Path, summary: list[dict], meta: dict) -> None:
         lines += [
             f"### {task}",
             "",
-            "| config | library | vs | run (warm) | run (first call) | spawn | peak RSS |",
-            "|---|---|---|---:|---:|---:|---:|",
+            "| config | library | vs | run (warm) | run CPU (warm) | run (first call) | spawn | peak RSS |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
         ]
         for config, lib in dict.fromkeys((r["config"], r["lib"]) for r in summary if r["task"] == task):
             g = lambda m, t=task, c=config, lib=lib: index.get((t, c, lib, m))
             vs = (g("cold") or g("spawn") or {}).get("vs", "")
             lines.append(
-                f"| {config} | {lib} | {vs} | {cell(g('warm'), 'ms')} | {cell(g('cold'), 'ms')} | "
+                f"| {config} | {lib} | {vs} | {cell(g('warm'), 'ms')} | {cell(g('warm_cpu'), 'ms')} | {cell(g('cold'), 'ms')} | "
                 f"{cell(g('spawn'))} | {cell(g('rss'), 'MB')} |"
             )
         lines.append("")
