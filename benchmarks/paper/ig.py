@@ -82,7 +82,7 @@ def main() -> None:
         from tdhook.attribution import IntegratedGradients as TdIG
 
         sel = lambda out, _: TensorDict(
-            score=out["output"][:, a] + out["output"][:, b], batch_size=out.batch_size
+            score=out["output"][..., a] + out["output"][..., b], batch_size=out.batch_size
         )
         method = TdIG(init_attr_targets=sel, n_steps=n, multiply_by_inputs=True)
 
