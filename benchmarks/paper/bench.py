@@ -79,14 +79,21 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    accuracy = {name: check(name, TASKS[name], args) for name in args.tasks}
+    # a run of some tasks replaces those tasks' rows in an existing report and keeps the others'
+    kept, accuracy = [], {}
+    if (out / "raw.json").exists() and (out / "accuracy.json").exists():
+        kept = [r for r in json.loads((out / "raw.json").read_text()) if r["task"] not in args.tasks]
+        accuracy = {
+            t: v for t, v in json.loads((out / "accuracy.json").read_text()).items() if t not in args.tasks
+        }
+    accuracy |= {name: check(name, TASKS[name], args) for name in args.tasks}
     (out / "accuracy.json").write_text(json.dumps(accuracy, indent=1))
     agreed = {
         name: [lib for lib in TASKS[name].libs if accuracy[name].get(lib, {}).get("ok")]
         for name in args.tasks
     }
 
-    rows: list[dict] = []
+    rows: list[dict] = list(kept)
     for rnd, seed in enumerate(args.seeds):
         for name in args.tasks:
             task = TASKS[name]
@@ -124,6 +131,7 @@ def main() -> None:
 
     meta = {
         "command": "python -m benchmarks.paper.bench " + " ".join(sys.argv[1:]),
+        "tasks_run": args.tasks,
         "grid": "quick" if args.quick else "full",
         "seeds": args.seeds,
         "threads": args.threads,
@@ -131,7 +139,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "elapsed_s": round(time.time() - started),
     }
-    summary = summarise(rows, {name: TASKS[name] for name in args.tasks})
+    summary = summarise(rows, {name: TASKS[name] for name in TASKS if any(r["task"] == name for r in rows)})
     (out / "summary.json").write_text(json.dumps({"meta": meta, "rows": summary}, indent=1))
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(summary[0]))
