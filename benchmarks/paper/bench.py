@@ -129,8 +129,11 @@ def main() -> None:
                 print(f"round {rnd} seed {seed} {name} {label(config)} done ({time.time() - started:.0f} s)")
         write_raw(out, rows)
 
+    command = "python -m benchmarks.paper.bench " + " ".join(sys.argv[1:])
+    if kept and (out / "summary.json").exists():  # the report also holds rows of earlier commands
+        command = json.loads((out / "summary.json").read_text())["meta"]["command"] + "`, then `" + command
     meta = {
-        "command": "python -m benchmarks.paper.bench " + " ".join(sys.argv[1:]),
+        "command": command,
         "tasks_run": args.tasks,
         "grid": "quick" if args.quick else "full",
         "seeds": args.seeds,
