@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.paper.accuracy import compare
 from benchmarks.paper.grids import TASKS, label
 from benchmarks.paper.measure import ROOT, launch
-from benchmarks.paper.summary import summarise, write_tables
+from benchmarks.paper.report import build
 
 VENVS = {"main": ".bench/venv/bin/python", "vision": ".bench/venv-vision/bin/python"}
 
@@ -130,8 +130,8 @@ def main() -> None:
         write_raw(out, rows)
 
     command = "python -m benchmarks.paper.bench " + " ".join(sys.argv[1:])
-    if kept and (out / "summary.json").exists():  # the report also holds rows of earlier commands
-        command = json.loads((out / "summary.json").read_text())["meta"]["command"] + "`, then `" + command
+    if kept and (out / "meta.json").exists():  # the report also holds rows of earlier commands
+        command = json.loads((out / "meta.json").read_text())["command"] + "`, then `" + command
     meta = {
         "command": command,
         "tasks_run": args.tasks,
@@ -142,19 +142,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "elapsed_s": round(time.time() - started),
     }
-    summary = summarise(rows, {name: TASKS[name] for name in TASKS if any(r["task"] == name for r in rows)})
-    (out / "summary.json").write_text(json.dumps({"meta": meta, "rows": summary}, indent=1))
-    with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(summary[0]))
-        w.writeheader()
-        w.writerows(summary)
-    write_tables(out / "tables.md", summary, meta)
-    try:
-        from benchmarks.paper.plots import plot_all
-
-        plot_all(summary, out)
-    except ImportError as exc:
-        print(f"plots skipped ({exc})", file=sys.stderr)
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    build(out)
     print(f"wrote {args.out}/ in {time.time() - started:.0f} s")
 
 

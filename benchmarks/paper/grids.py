@@ -21,14 +21,17 @@ class Task:
     full: dict  # axis -> values, each varied alone around the default
     quick: dict
     check: dict  # the small configuration of the accuracy check
-    ref: dict = field(
-        default_factory=dict
-    )  # lib -> the rlhook variant doing the same work (default "rlhook")
+    # lib -> the rlhook variant doing the same work (default "rlhook"), and more variants to compare with
+    ref: dict = field(default_factory=dict)
+    also: dict = field(default_factory=dict)
     venv: str = "main"
     repeats: int = 3
 
     def reference(self, lib: str) -> str:
         return self.ref.get(lib, "rlhook")
+
+    def references(self, lib: str) -> list[str]:
+        return [self.reference(lib), *self.also.get(lib, [])]
 
     def grid(self, quick: bool) -> list[dict]:
         configs = [dict(self.default)]
@@ -49,6 +52,8 @@ TASKS: dict[str, Task] = {
         quick={"width": [100]},
         check={"width": 100, "height": 5, "batch": 10},
         ref={"rlhook": "rlhook", "captum": "rlhook_sum", "tdhook": "rlhook_sum", "bare": "rlhook_sum"},
+        # the per-target maps against the summed single call, and the summed map against two calls
+        also={"captum": ["rlhook"], "captum_add": ["rlhook_sum"], "tdhook": ["rlhook"]},
         repeats=2,
     ),
     "lrp": Task(

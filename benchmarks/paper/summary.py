@@ -18,8 +18,8 @@ METRICS = {
 
 
 def summarise(rows: list[dict], tasks: dict) -> list[dict]:
-    """One row per task, config, library and metric: the median value and the ratio to the rlhook variant
-    doing the same work (computed per round, then median, min and max over the rounds)."""
+    """One row per task, config, library, rlhook variant compared with and metric: the median value and the
+    ratio to that rlhook variant (computed per round, then median, min and max over the rounds)."""
     by = {}
     for r in rows:
         if "error" not in r:
@@ -30,35 +30,34 @@ def summarise(rows: list[dict], tasks: dict) -> list[dict]:
     rounds = sorted({k[3] for k in by})
     out = []
     for task, config, lib in keys:
-        ref = tasks[task].reference(lib)
-        for metric, (phase, field, _) in METRICS.items():
-            values, ratios = [], []
-            for rnd in rounds:
-                mine, theirs = (
-                    by.get((task, config, lib, rnd, phase)),
-                    by.get((task, config, ref, rnd, phase)),
-                )
-                if mine is None or field not in mine:
+        for ref in tasks[task].references(lib):
+            for metric, (phase, field, _) in METRICS.items():
+                values, ratios = [], []
+                for rnd in rounds:
+                    mine = by.get((task, config, lib, rnd, phase))
+                    theirs = by.get((task, config, ref, rnd, phase))
+                    if mine is None or field not in mine:
+                        continue
+                    values.append(mine[field])
+                    if theirs is not None and theirs.get(field):
+                        ratios.append(mine[field] / theirs[field])
+                if not values:
                     continue
-                values.append(mine[field])
-                if theirs is not None and theirs.get(field):
-                    ratios.append(mine[field] / theirs[field])
-            if not values:
-                continue
-            out.append(
-                {
-                    "task": task,
-                    "config": config,
-                    "lib": lib,
-                    "vs": ref,
-                    "metric": metric,
-                    "value": statistics.median(values),
-                    "ratio": statistics.median(ratios) if ratios else None,
-                    "ratio_min": min(ratios) if ratios else None,
-                    "ratio_max": max(ratios) if ratios else None,
-                    "rounds": len(ratios),
-                }
-            )
+                out.append(
+                    {
+                        "task": task,
+                        "config": config,
+                        "lib": lib,
+                        "vs": ref,
+                        "main": ref == tasks[task].reference(lib),
+                        "metric": metric,
+                        "value": statistics.median(values),
+                        "ratio": statistics.median(ratios) if ratios else None,
+                        "ratio_min": min(ratios) if ratios else None,
+                        "ratio_max": max(ratios) if ratios else None,
+                        "rounds": len(ratios),
+                    }
+                )
     return out
 
 
@@ -72,7 +71,7 @@ def cell(row: dict | None, unit: str = "") -> str:
 
 def write_tables(path: Path, summary: list[dict], meta: dict) -> None:
     """Markdown: per task, each library's warm and cold run, spawn and peak RSS, with ratio to rlhook."""
-    index = {(r["task"], r["config"], r["lib"], r["metric"]): r for r in summary}
+    index = {(r["task"], r["config"], r["lib"], r["vs"], r["metric"]): r for r in summary}
     lines = [
         f"Produced by `{meta['command']}` ({meta['grid']} grid, seeds {meta['seeds']}, {meta['threads']} threads, "
         f"{meta['device']}). Cells: median over rounds, then in parentheses the median paired ratio to the "
@@ -86,9 +85,10 @@ def write_tables(path: Path, summary: list[dict], meta: dict) -> None:
             "| config | library | vs | run (warm) | run CPU (warm) | run (first call) | spawn | peak RSS |",
             "|---|---|---|---:|---:|---:|---:|---:|",
         ]
-        for config, lib in dict.fromkeys((r["config"], r["lib"]) for r in summary if r["task"] == task):
-            g = lambda m, t=task, c=config, lib=lib: index.get((t, c, lib, m))
-            vs = (g("cold") or g("spawn") or {}).get("vs", "")
+        for config, lib, vs in dict.fromkeys(
+            (r["config"], r["lib"], r["vs"]) for r in summary if r["task"] == task
+        ):
+            g = lambda m, t=task, c=config, lib=lib, vs=vs: index.get((t, c, lib, vs, m))
             lines.append(
                 f"| {config} | {lib} | {vs} | {cell(g('warm'), 'ms')} | {cell(g('warm_cpu'), 'ms')} | {cell(g('cold'), 'ms')} | "
                 f"{cell(g('spawn'))} | {cell(g('rss'), 'MB')} |"
@@ -105,6 +105,6 @@ def pivot(summary: list[dict], metric: str) -> dict:
     """``{task: {lib: [(config, ratio, lo, hi)]}}`` for the plots."""
     out: dict = defaultdict(lambda: defaultdict(list))
     for r in summary:
-        if r["metric"] == metric and r["ratio"] is not None:
+        if r["metric"] == metric and r["ratio"] is not None and r["main"]:
             out[r["task"]][r["lib"]].append((r["config"], r["ratio"], r["ratio_min"], r["ratio_max"]))
     return out
