@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.paper.grids import TASKS
-from benchmarks.paper.summary import summarise, write_tables
+from benchmarks.paper.summary import summarise, write_compact, write_tables
 
 
 def build(out: Path) -> list[dict]:
@@ -24,6 +24,7 @@ def build(out: Path) -> list[dict]:
         w.writeheader()
         w.writerows(summary)
     write_tables(out / "tables.md", summary, meta)
+    write_compact(out / "ratios.md", summary, meta)
     try:
         from benchmarks.paper.plots import plot_all
 

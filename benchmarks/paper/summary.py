@@ -108,3 +108,32 @@ def pivot(summary: list[dict], metric: str) -> dict:
         if r["metric"] == metric and r["ratio"] is not None and r["main"]:
             out[r["task"]][r["lib"]].append((r["config"], r["ratio"], r["ratio_min"], r["ratio_max"]))
     return out
+
+
+def ratio(row: dict | None) -> str:
+    if row is None or row["ratio"] is None:
+        return "-"
+    return f"{row['ratio']:.2f}x [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}]"
+
+
+def write_compact(path: Path, summary: list[dict], meta: dict) -> None:
+    """The README's table: every other library's ratio to the rlhook variant doing the same work."""
+    index = {(r["task"], r["config"], r["lib"], r["vs"], r["metric"]): r for r in summary}
+    lines = [
+        f"`{meta['command']}` ({meta['grid']} grid, seeds {meta['seeds']}, {meta['threads']} threads, "
+        f"{meta['device']}): median paired ratio library / rlhook over the rounds, [min, max]; above 1: "
+        "slower or bigger than rlhook. `bare`: torch (+ tensordict, + the task's model library) and a plain "
+        "forward, the floor.",
+        "",
+        "| task | config | library | vs | run (warm) | run CPU (warm) | first call | spawn | peak RSS |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for task, config, lib, vs in dict.fromkeys((r["task"], r["config"], r["lib"], r["vs"]) for r in summary):
+        if lib == vs:
+            continue
+        g = lambda m, k=(task, config, lib, vs): index.get((*k, m))
+        lines.append(
+            f"| {task} | {config} | {lib} | {vs} | {ratio(g('warm'))} | {ratio(g('warm_cpu'))} | "
+            f"{ratio(g('cold'))} | {ratio(g('spawn'))} | {ratio(g('rss'))} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
