@@ -97,10 +97,6 @@ def write_tables(path: Path, summary: list[dict], meta: dict) -> None:
     path.write_text("\n".join(lines))
 
 
-def spread(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
-
-
 def pivot(summary: list[dict], metric: str) -> dict:
     """``{task: {lib: [(config, ratio, lo, hi)]}}`` for the plots."""
     out: dict = defaultdict(lambda: defaultdict(list))
