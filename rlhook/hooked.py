@@ -12,6 +12,7 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import nn
 
+from rlhook.hooks import Hooks
 from rlhook.keys import MissingKeyError, get_key
 from rlhook.paths import Path, resolve, resolve_one
 from rlhook.run import Run
@@ -151,17 +152,19 @@ class HookedModule(TensorDictModuleBase):
         raise TypeError(f"cannot map a model output of type {type(out).__name__} onto TensorDict keys")
 
     # -- get-set API -----------------------------------------------------------------------------------------
-    def run(self, td: TensorDictBase) -> Run:
+    def run(self, td: TensorDictBase | None = None, *, hooks: Hooks | None = None) -> Run:
         """Declare saves and sets in a ``with`` block; the model runs once when the block exits.
 
         >>> with hooked.run(td) as run:
         ...     h = run.save("layers.2")
         ...     run.set("layers.4", lambda output: torch.zeros_like(output))
         >>> run.output["output"], h.resolve()
+
+        With ``hooks`` (a method's ``prepared.hooks``) the run is *lasting*: declared once, executed per call.
         """
-        if not isinstance(td, TensorDictBase):
+        if hooks is None and not isinstance(td, TensorDictBase):
             raise TypeError(f"a HookedModule is called with a TensorDict, got {type(td).__name__}")
-        return Run(self, td)
+        return Run(self, td, hooks=hooks)
 
     def extra_repr(self) -> str:
         return f"in_keys={self.in_keys}, out_keys={self.out_keys}"

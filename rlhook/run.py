@@ -92,18 +92,34 @@ class Run:
 
     ``hooked.run(td)`` makes one; the forward runs when its ``with`` block exits without an error (or on
     ``execute()``). ``output`` is then the output TensorDict.
+
+    A *lasting* run, ``hooked.run(hooks=prepared.hooks)``, registers its declarations once into hooks that live
+    as long as a ``prepare`` block, and ``execute(td)`` runs it on each call: the proxies hold the latest call.
     """
 
-    def __init__(self, hooked: HookedModule, td: TensorDictBase) -> None:
+    def __init__(
+        self, hooked: HookedModule, td: TensorDictBase | None, *, hooks: Hooks | None = None
+    ) -> None:
         self.hooked, self.td = hooked, td
+        self._lasting = hooks  # a lasting run: its hooks live in these, and it executes once per call
         self._ops: list[tuple[str, nn.Module, Callable[..., Any]]] = []
         self._grad_saves: list[tuple[Proxy, Proxy]] = []  # (grad proxy, activation proxy)
         self._needs_grad = False
         self._target: Target | None = None
         self._hooks: Hooks | None = None
+        self._proxies: list[Proxy] = []
         self.output: TensorDictBase | None = None
         self.done = False
         self.stopped = False
+
+    def _declare(self, kind: str, module: nn.Module, fn: Callable[..., Any]) -> None:
+        if self._lasting is not None:
+            getattr(self._lasting, kind)(module, fn)
+        self._ops.append((kind, module, fn))
+
+    def _proxy(self, proxy: Proxy) -> Proxy:
+        self._proxies.append(proxy)
+        return proxy
 
     def __enter__(self) -> Run:
         return self
@@ -123,26 +139,24 @@ class Run:
     def save(self, path: Path | Site, *, call: int = -1, detach: bool = False) -> Proxy:
         """The output (or its element) of the module at ``path``."""
         name, module, element = self._site(path)
-        proxy = Proxy(self, name, "output", call)
+        proxy = self._proxy(Proxy(self, name, "output", call))
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
             value = elements.select(output, element, f"output of {name!r}")
             proxy.record(value.detach() if detach and isinstance(value, torch.Tensor) else value)
 
-        self._ops.append(("forward", module, hook))
+        self._declare("forward", module, hook)
         return proxy
 
     def save_input(self, path: Path | Site, *, index: int = 0, call: int = -1) -> Proxy:
         """Positional input ``index`` (or its element) of the module at ``path``."""
         name, module, element = self._site(path)
-        proxy = Proxy(self, name, f"input {index}", call)
+        proxy = self._proxy(Proxy(self, name, f"input {index}", call))
         where = f"input {index} of {name!r}"
-        self._ops.append(
-            (
-                "forward_pre",
-                module,
-                lambda mod, args: proxy.record(elements.select(args[index], element, where)),
-            )
+        self._declare(
+            "forward_pre",
+            module,
+            lambda mod, args: proxy.record(elements.select(args[index], element, where)),
         )
         return proxy
 
@@ -156,7 +170,7 @@ class Run:
             current = elements.select(output, element, where)
             return elements.replace(output, element, _new_value(value, current, repr(name)), where)
 
-        self._ops.append(("forward", module, hook))
+        self._declare("forward", module, hook)
 
     def set_input(self, path: Path | Site, value: Value, *, index: int = 0) -> None:
         """Replace positional input ``index`` (or its element) of the module at ``path``."""
@@ -169,12 +183,12 @@ class Run:
             new[index] = elements.replace(args[index], element, _new_value(value, current, where), where)
             return tuple(new)
 
-        self._ops.append(("forward_pre", module, hook))
+        self._declare("forward_pre", module, hook)
 
     def save_grad(self, path: Path | Site) -> Proxy:
         """Gradient of the ``backward`` target w.r.t. the output (or its element) of the module at ``path``."""
         act = self.save(path)
-        grad = Proxy(self, act.name, "gradient", -1)
+        grad = self._proxy(Proxy(self, act.name, "gradient", -1))
         self._grad_saves.append((grad, act))
         self._needs_grad = True
         return grad
@@ -191,7 +205,7 @@ class Run:
                 raise RuntimeError(f"set_grad on {name!r}: its output does not take part in the gradient")
             run._hooks.tensor(out, lambda g: _new_value(value, g, f"gradient of {name!r}"))
 
-        self._ops.append(("forward", module, hook))
+        self._declare("forward", module, hook)
 
     def backward(self, target: Target) -> None:
         """The target whose gradient ``save_grad``/``set_grad`` see (summed over the batch)."""
@@ -205,7 +219,7 @@ class Run:
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
             raise _Stop
 
-        self._ops.append(("forward", module, hook))
+        self._declare("forward", module, hook)
 
     # -- results ---------------------------------------------------------------------------------------------
     def collect(self, proxies: Mapping[str, Proxy], *, batched: bool = False) -> dict[str, Any]:
@@ -220,18 +234,32 @@ class Run:
         values = {name: p.resolve() for name, p in proxies.items()}
         return {n: unflatten(v, self.td.batch_size) for n, v in values.items()} if batched else values
 
+    def clear(self) -> None:
+        """Drop every recorded value (a lasting run would otherwise keep the latest call's until the next)."""
+        for proxy in self._proxies:
+            proxy.calls.clear()
+
     # -- execution -------------------------------------------------------------------------------------------
-    def execute(self) -> TensorDictBase:
-        """Run the forward with every declaration in place (what leaving the ``with`` block does)."""
-        if self.done:
+    def execute(self, td: TensorDictBase | None = None) -> TensorDictBase:
+        """Run the forward with every declaration in place (what leaving the ``with`` block does). A lasting
+        run (``hooked.run(hooks=...)``) executes once per call, on ``td``; its proxies then hold that call."""
+        if self._lasting is None and self.done:
             raise ProxyError("this run has already executed; start a new one with hooked.run(td)")
         if self._grad_saves and self._target is None:
             raise ProxyError("save_grad needs a target: declare run.backward(target) in the same block")
+        if td is not None:
+            self.td = td
+        if self.td is None:
+            raise TypeError("a lasting run executes on a TensorDict: run.execute(td)")
+        if self._lasting is not None:
+            self.clear()
+            self.done = self.stopped = False
         td = self.td
         with Hooks() as hooks, torch.set_grad_enabled(self._needs_grad or torch.is_grad_enabled()):
             self._hooks = hooks
-            for kind, module, fn in self._ops:
-                getattr(hooks, kind)(module, fn)
+            if self._lasting is None:
+                for kind, module, fn in self._ops:
+                    getattr(hooks, kind)(module, fn)
             if self._needs_grad:
                 td = grad_inputs(td, self.hooked.in_keys)
             try:

@@ -58,16 +58,25 @@ class ActivationCaching(Method):
         )
 
     def setup(self, hooked: Prepared, hooks: Hooks) -> None:
-        hooked.state.modules = hooked.resolve(self.paths)
+        # a lasting run: its hooks are registered once for the prepare block, and it executes on each call
+        run = hooked.state.run = hooked.run(hooks=hooks)
+        sites = hooked.resolve(self.paths)
+        hooked.state.acts = {name: run.save((name, module)) for name, module in sites}
+        if self.direction != "forward":
+            run.backward(self.target)
+            hooked.state.grads = {name: run.save_grad((name, module)) for name, module in sites}
 
     def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
-        grads = self.direction != "forward"
-        with hooked.run(td) as run:
-            acts = {name: run.save((name, module)) for name, module in hooked.state.modules}
-            if grads:
-                run.backward(self.target)
-                grad = {name: run.save_grad((name, module)) for name, module in hooked.state.modules}
-        values = run.collect(acts)
+        run = hooked.state.run
+        try:
+            return self._products(hooked, run.execute(td), td)
+        finally:
+            run.clear()  # the activations live in the TensorDict, not in the run
+
+    def _products(self, hooked: Prepared, out: TensorDictBase, td: TensorDictBase) -> TensorDictBase:
+        grads, run = self.direction != "forward", hooked.state.run
+        values = run.collect(hooked.state.acts)
+        grad = hooked.state.grads if grads else {}
         for name, value in values.items():
             value = self.callback(name, value) if self.callback is not None else value
             if not isinstance(value, torch.Tensor):
@@ -76,7 +85,6 @@ class ActivationCaching(Method):
                     f"('{elements.first_of(name)}') or pass callback=lambda name, out: out[0] to pick what to cache"
                 )
             values[name] = value
-        out = run.output
         if (
             out is not td
         ):  # gradients ran on a shallow copy: bring the outputs back to the caller's TensorDict
