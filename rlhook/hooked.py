@@ -13,7 +13,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 
 from rlhook.hooks import Hooks
-from rlhook.keys import MissingKeyError, get_key
+from rlhook.keys import MissingKeyError, get_key, remember_given
 from rlhook.paths import Path, resolve, resolve_one
 from rlhook.run import Run
 
@@ -101,8 +101,15 @@ class HookedModule(TensorDictModuleBase):
         if self.is_td_module:
             for key in self.model.in_keys:
                 get_key(td, key)
+            present = td.keys(include_nested=True)
+            before = {k: td.get(k) for k in self.model.out_keys if k in present}  # e.g. the taken action
             out = self.model(td)
-            return td if out is None else out
+            out = td if out is None else out
+            if (
+                before
+            ):  # targets read them with keys.given: "the action in the batch", not the one just written
+                remember_given(out, before)
+            return out
         batch = td.batch_size
         flat = len(batch) > 1
         n = math.prod(batch)

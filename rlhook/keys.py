@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-__all__ = ["MissingKeyError", "get_key", "join", "present_keys", "source_td"]
+__all__ = ["MissingKeyError", "get_key", "given", "join", "present_keys", "remember_given", "source_td"]
 
 _MISSING = object()
 
@@ -31,6 +32,34 @@ def get_key(td: TensorDictBase, key: NestedKey, what: str = "input") -> Any:
     if value is _MISSING:
         raise MissingKeyError(f"{what} key {key!r} is not in the TensorDict; its keys are {present_keys(td)}")
     return value
+
+
+#: per output TensorDict (by identity, held weakly): the values a TensorDict module overwrote, as given
+_GIVEN: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _flat(key: NestedKey) -> NestedKey:
+    return key if isinstance(key, str) else (key[0] if len(key) == 1 else tuple(key))
+
+
+def remember_given(out: TensorDictBase, values: dict) -> None:
+    """Record the inputs a module's forward is about to overwrite in ``out`` (the latest forward's)."""
+    i = id(out)
+
+    def forget(ref: weakref.ref, i: int = i) -> None:  # only this entry: ids are reused after collection
+        if _GIVEN.get(i, (None,))[0] is ref:
+            del _GIVEN[i]
+
+    _GIVEN[i] = (weakref.ref(out, forget), {_flat(k): v for k, v in values.items()})
+
+
+def given(td: TensorDictBase, key: NestedKey, what: str = "input") -> Any:
+    """``td[key]`` as the batch gave it: when a TensorDict module's forward overwrote the key (a Q-value actor
+    writing its greedy action, an actor sampling a new one), the value from before that forward."""
+    entry = _GIVEN.get(id(td))
+    if entry is not None and entry[0]() is td and _flat(key) in entry[1]:
+        return entry[1][_flat(key)]
+    return get_key(td, key, what)
 
 
 def join(*parts: NestedKey) -> NestedKey:

@@ -10,7 +10,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.keys import get_key
+from rlhook.keys import get_key, given
 from rlhook.targets.core import OutputKey
 
 __all__ = [
@@ -90,13 +90,13 @@ def _seeded_draws(dist: torch.distributions.Distribution, n: int, seed: int) -> 
 
 
 def _taken_action(out: TensorDictBase, key: NestedKey) -> torch.Tensor:
-    action = get_key(out, key, what="action")
+    """The action the batch holds at ``key``, also when the module just overwrote it (see ``keys.given``)."""
+    action = given(out, key, what="action")
     if isinstance(action, torch.Tensor) and action.grad_fn is not None:
         raise ValueError(
-            f"the action at {key!r} was produced by this forward (the actor sampled it and overwrote the taken "
-            "action), so its log-probability explains nothing; prepare the method on the actor's parameter "
-            "network (rlhook.targets.policy_params(actor)) or keep the taken action under another key and pass "
-            "action_key=..."
+            f"the action at {key!r} was produced by this forward and the batch gave none before it, so its "
+            "log-probability explains nothing; put the taken action in the TensorDict, or prepare the method on "
+            "the actor's parameter network (rlhook.targets.policy_params(actor))"
         )
     return action
 
@@ -228,19 +228,27 @@ class ActionValue:
     """``Q(s, a)`` of the taken action.
 
     A discrete Q-network writes ``key`` with shape ``batch + (n_actions,)``: the entry of the action at
-    ``action_key`` (an index, or a one-hot vector) is taken. A continuous critic that already takes the
+    ``action_key`` (an index, or a one-hot vector) is taken: the action the batch holds, also when the prepared
+    module is a ``QValueActor`` that writes its greedy action over it. ``greedy=True`` explains ``max_a Q(s, a)``
+    instead. A continuous critic that already takes the
     action as input writes ``batch`` or ``batch + (1,)``: that value is used as is.
     """
 
-    def __init__(self, key: NestedKey = "action_value", *, action_key: NestedKey = "action") -> None:
-        self.key, self.action_key = key, action_key
+    def __init__(
+        self, key: NestedKey = "action_value", *, action_key: NestedKey = "action", greedy: bool = False
+    ) -> None:
+        self.key, self.action_key, self.greedy = key, action_key, greedy
 
     def __call__(self, out: TensorDictBase) -> torch.Tensor:
         q = get_key(out, self.key, what="action value")
         nb = out.batch_dims
         if q.dim() == nb or (q.dim() == nb + 1 and q.shape[-1] == 1):
             return q.reshape(q.shape[:nb])
-        action = get_key(out, self.action_key, what="action")
+        if self.greedy:
+            return q.max(-1).values
+        action = given(
+            out, self.action_key, what="action"
+        )  # the batch's action, not one the actor recomputed
         if action.shape == q.shape:  # one-hot
             return (q * action.to(q.dtype)).sum(-1)
         if action.is_floating_point():

@@ -67,10 +67,35 @@ def test_tanh_normal_action_log_prob() -> None:
     torch.testing.assert_close(attr, _grad(log_prob, td["observation"]))
 
 
-def test_log_prob_of_an_action_the_actor_just_sampled_is_an_error() -> None:
+def test_log_prob_explains_the_batch_action_also_on_the_full_actor() -> None:
+    """The full actor samples and writes a new action; the target still reads the one the batch held."""
     actor = tanh_actor()
-    with pytest.raises(ValueError, match="overwrote the taken action"):
-        _saliency(ActionLogProb(actor), actor, _obs_td())
+    td = _obs_td()
+    full = _saliency(ActionLogProb(actor), actor, td)["observation"]
+    torch.testing.assert_close(full, _saliency(ActionLogProb(actor), policy_params(actor), td)["observation"])
+    with pytest.raises(ValueError, match="the batch gave none"):
+        _saliency(ActionLogProb(actor), actor, td.exclude("action"))
+
+
+def test_action_value_on_a_q_value_actor_explains_the_taken_action() -> None:
+    """A QValueActor writes its greedy action over the batch's: on exploration steps (taken != greedy) the map
+    must still be that of Q(s, taken); greedy=True asks for max_a Q(s, a)."""
+    from torchrl.modules import QValueActor
+
+    torch.manual_seed(8)
+    net = nn.Linear(4, 3).to(DT)
+    actor = QValueActor(net, in_keys=["observation"], action_space="categorical")
+    td = _obs_td()
+    greedy = net(td["observation"]).argmax(-1)
+    taken = (greedy + torch.tensor([0, 1, 2, 1, 0])) % 3  # three exploration steps
+    td["action"] = taken
+    got = _saliency(ActionValue(), actor, td)["observation"]
+    torch.testing.assert_close(
+        got, _grad(lambda o: net(o).gather(-1, taken[:, None]).squeeze(-1), td["observation"])
+    )
+    best = _saliency(ActionValue(greedy=True), actor, td)["observation"]
+    torch.testing.assert_close(best, _grad(lambda o: net(o).max(-1).values, td["observation"]))
+    assert not torch.allclose(got, best)
 
 
 def test_log_prob_key_reads_the_actors_sample_log_prob() -> None:
