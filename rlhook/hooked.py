@@ -101,8 +101,8 @@ class HookedModule(TensorDictModuleBase):
         if self.is_td_module:
             for key in self.model.in_keys:
                 get_key(td, key)
-            present = td.keys(include_nested=True)
-            before = {k: td.get(k) for k in self.model.out_keys if k in present}  # e.g. the taken action
+            got = ((k, td.get(k, None)) for k in self.model.out_keys)
+            before = {k: v for k, v in got if v is not None}  # e.g. the taken action
             out = self.model(td)
             out = td if out is None else out
             if (

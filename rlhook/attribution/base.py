@@ -140,14 +140,15 @@ class GradientMethod(Method):
         raise NotImplementedError
 
     def input_gradients(
-        self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]
+        self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey], target: Target | None = None
     ) -> dict[str | None, dict[NestedKey, torch.Tensor]]:
-        """Gradients of every target at the inputs themselves (one point), w.r.t. ``keys`` and the layers."""
+        """Gradients of every target (``target``, default the option) at the inputs themselves (one point),
+        w.r.t. ``keys`` and the layers."""
         o = self.options
         sums, _ = gradients(
             hooked,
             flat,
-            o.target,
+            o.target if target is None else target,
             keys,
             1,
             lambda k, step, ex: flat.get(k)[ex],

@@ -10,7 +10,7 @@ from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torch import nn
 
-from rlhook.attribution.base import GradientMethod, gradients
+from rlhook.attribution.base import GradientMethod
 from rlhook.attribution.lrp.canonizers import Canonizer
 from rlhook.attribution.lrp.composite import Composite
 from rlhook.attribution.lrp.rules import Rule
@@ -152,18 +152,8 @@ class LRP(GradientMethod):
 
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         o = self.options
-        sums, _ = gradients(
-            hooked,
-            flat,
-            _seeded(o.target, hooked.out_keys) if self.start == "output" else o.target,
-            keys,
-            1,
-            lambda k, step, ex: flat.get(k)[ex],
-            torch.ones(1),
-            layers=hooked.state.layers,
-            chunk_size=o.chunk_size,
-            batched=o.batched,
-        )
+        start = _seeded(o.target, hooked.out_keys) if self.start == "output" else o.target
+        sums = self.input_gradients(hooked, flat, keys, start)
         with torch.no_grad():
             scores = evaluate(o.target, hooked.model_forward(flat.clone(False)), batch_dims=1)
         if self.start == "gradient":
