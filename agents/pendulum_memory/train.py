@@ -27,7 +27,14 @@ from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from agents.pendulum.train import EVAL_SEEDS, evaluate
-from agents.pendulum_memory.nets import DEFAULT_CONFIG, env_kwargs, make_actor, make_critic, save_agent
+from agents.pendulum_memory.nets import (
+    DEFAULT_CONFIG,
+    env_kwargs,
+    load_agent,
+    make_actor,
+    make_critic,
+    save_agent,
+)
 from envs.pendulum import compute_obs_stats
 from envs.pendulum_masked import make_masked_env
 
@@ -52,15 +59,27 @@ def train(
     eval_every: int = 5,
     stop_at: float | None = None,
     snapshots: bool = False,
+    init: str | Path | None = None,
     log=print,
 ) -> dict[str, Any]:
-    """Train a fresh policy; returns ``{"actor", "critic", "obs_stats", "best", "curve"}``."""
+    """Train a policy; returns ``{"actor", "critic", "obs_stats", "best", "curve"}``.
+
+    ``init``: continue from a checkpoint of this format (its weights, config and observation stats; a fresh
+    optimizer and schedule over ``frames`` more frames; frame counts continue from the checkpoint's).
+    """
     torch.manual_seed(seed)
     config = {**DEFAULT_CONFIG, **(config or {})}
+    start_frames, start_cpu = 0, 0.0
+    if init is not None:
+        actor, critic, state = load_agent(init)
+        actor.train(), critic.train()
+        config, obs_stats = state["config"], state["obs_stats"]
+        start_frames, start_cpu = int(state["meta"]["frames"]), float(state["meta"]["cpu_s"])
     if config["arch"] == "framestack":
         seq_len, minibatch_frames = 1, 64
-    actor, critic = make_actor(config), make_critic(config)
-    obs_stats = compute_obs_stats(2000, seed=seed)
+    if init is None:
+        actor, critic = make_actor(config), make_critic(config)
+        obs_stats = compute_obs_stats(2000, seed=seed)
     kw = env_kwargs(config, actor)
     env = make_masked_env(seed=seed, obs_stats=obs_stats, **kw)
     eval_env = make_masked_env(
@@ -79,11 +98,12 @@ def train(
     )
     optim = torch.optim.Adam(loss_fn.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, math.ceil(frames / frames_per_batch))
+    frames_goal = start_frames + frames
     out_dir = None if out_dir is None else Path(out_dir)
     arch = config["arch"]
     best: dict[str, Any] = {"eval_mean_return": -math.inf}
     curve: list[dict[str, float]] = []
-    t_wall, t_cpu, done_frames = time.perf_counter(), time.process_time(), 0
+    t_wall, t_cpu, done_frames = time.perf_counter(), time.process_time() - start_cpu, start_frames
     per_mb = max(1, minibatch_frames // seq_len)
     try:
         for i, batch in enumerate(collector):
@@ -107,7 +127,7 @@ def train(
             sched.step()
             collector.update_policy_weights_()
             msg = f"frames {done_frames} r/step {batch['next', 'reward'].mean().item():.2f}"
-            if (i + 1) % eval_every == 0 or done_frames >= frames:
+            if (i + 1) % eval_every == 0 or done_frames >= frames_goal:
                 actor.eval()
                 rets = evaluate(actor, eval_env)
                 actor.train()
@@ -120,6 +140,7 @@ def train(
                     "wall_s": time.perf_counter() - t_wall,
                     "cpu_s": time.process_time() - t_cpu,
                     "seed": seed,
+                    "init": None if init is None else Path(init).name,
                 }
                 curve.append({k: meta[k] for k in ("frames", "eval_mean_return", "cpu_s", "wall_s")})
                 if out_dir is not None and snapshots:
@@ -139,7 +160,9 @@ def train(
         collector.shutdown()
         env.close()
         eval_env.close()
-    best.update(total_frames=done_frames, total_cpu_s=time.process_time() - t_cpu)
+    best.update(
+        total_frames=done_frames, total_cpu_s=time.process_time() - t_cpu, init=str(init) if init else None
+    )
     return {"actor": actor, "critic": critic, "obs_stats": obs_stats, "best": best, "curve": curve}
 
 
@@ -157,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--stop-at", type=float, default=None)
     p.add_argument("--snapshots", action="store_true", help="also keep a checkpoint per evaluation")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init", type=Path, default=None, help="continue from this checkpoint's weights")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = {"arch": args.arch, "hidden": args.hidden, "frames": args.stack, "noise_std": args.noise_std}
@@ -169,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         eval_every=args.eval_every,
         stop_at=args.stop_at,
         snapshots=args.snapshots,
+        init=args.init,
         log=lambda m: print(m, flush=True),
     )
     best = result["best"]
