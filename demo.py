@@ -99,14 +99,14 @@ def core_report(out: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="reports")
-    p.add_argument("--only", choices=["core", "pendulum", "chess"])
+    p.add_argument("--only", choices=["core", "pendulum", "chess", "pendulum_memory"])
     p.add_argument(
         "--train-frames", type=int, default=None, help="pendulum: frames of the short training run"
     )
     args = p.parse_args()
     torch.set_num_threads(1)  # small networks: one thread is several times faster on a busy 2-core machine
     out = Path(args.out)
-    sections = [args.only] if args.only else ["core", "pendulum", "chess"]
+    sections = [args.only] if args.only else ["core", "pendulum", "chess", "pendulum_memory"]
     summary = {}
     for name in sections:
         folder = out / name

@@ -107,6 +107,8 @@ def make_masked_env(
         frames: ``> 0`` appends ``CatFrames(frames)`` writing ``"observation_stack"``.
         physics, kwargs: forwarded to ``envs.pendulum.make_env``.
     """
+    if noise_std < 0:
+        raise ValueError(f"noise std must be >= 0, got {noise_std}")
     env = make_env(seed=None, obs_stats=obs_stats, physics=physics, **kwargs)
     env.append_transform(RenameTransform(["observation"], [FULL_OBS_KEY], create_copy=True))
     env.append_transform(SelectFeatures(MASKED_INDEX))

@@ -113,3 +113,17 @@ def test_replace_state_patches_the_donor_state_and_cleans_up_after_errors():
         h(step_td(rollout, 4, state).exclude("step_count"))
     with pytest.raises(TypeError, match="callable"):
         StateEdit(3)
+
+
+def test_shift_along_the_head_weights_moves_the_action_mean_by_delta():
+    """Closed-form direction check: loc = w . memory + b, so moving h by delta w / |w|^2 adds delta to loc."""
+    policy = make_policy()
+    rollout = make_rollout(policy)
+    w = policy.module[0].module[1].module[0].weight[0].detach()
+    state = {"rs_h": torch.randn(1, H), "rs_c": torch.randn(1, H)}
+    with torch.no_grad():
+        base = policy(step_td(rollout, 2, state).clone())["loc"]
+        for delta in (-0.5, 0.25, 1.0):
+            with StateEdit(ShiftAlong(w, delta)).prepare(policy) as hooked:
+                loc = hooked(step_td(rollout, 2, state).clone())["loc"]
+            assert float(loc - base) == pytest.approx(delta, abs=1e-5)
