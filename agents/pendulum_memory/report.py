@@ -2,7 +2,7 @@
 
 Loads the shipped LSTM and CatFrames checkpoints, collects stochastic episodes, probes the recurrent state for
 the masked velocities and the return to go (with controls), draws the lag x feature attribution maps, and runs
-the causal checks. Writes ``lstm_saliency_lags.png``, ``lstm_ig_lags.png``, ``framestack_saliency_lags.png``
+the causal checks. Writes ``memory_probes.png``, ``lstm_saliency_lags.png``, ``lstm_ig_lags.png``, ``framestack_saliency_lags.png``
 and returns the summary (``demo.py`` writes it as ``summary.json``).
 """
 
@@ -26,6 +26,7 @@ from agents.pendulum_memory.interpret import (
 )
 from agents.pendulum_memory.nets import load_agent
 from envs.pendulum_masked import MASKED_OBS_NAMES
+from rlhook.plot.controls import probe_controls_figure
 from rlhook.plot.lags import lag_feature_figure
 
 
@@ -40,6 +41,11 @@ def main(out: Path, train_frames: int | None = None, episodes: int = 6, steps: i
         "probe_rows": len(data),
         "probe": probe_memory(actor, state, data),
     }
+    probe_controls_figure(
+        summary["probe"]["rows"],
+        out / "memory_probes.png",
+        title="LSTM state vs controls: masked velocities and return to go (test R^2, split by episode)",
+    )
     episode = collect(actor, state, [200], 300, kind="deterministic")
     att = lstm_attribution(actor, episode, ends=torch.arange(0, len(episode), 2))
     for name, res in att.items():
