@@ -34,6 +34,7 @@ def main(out: Path, train_frames: int | None = None, episodes: int = 6, steps: i
     """Write the figures into ``out`` and return the summary (``train_frames`` is unused: nothing trains)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)  # the stochastic episodes sample from torch's global generator
     actor, _, state = load_agent(LSTM_CHECKPOINT)
     data = collect(actor, state, range(100, 100 + episodes), steps)
     summary: dict[str, Any] = {

@@ -45,6 +45,7 @@ def lag_feature_figure(
     im0 = ax0.imshow(prof.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
     names = list(feature_names) if feature_names is not None else [str(i) for i in range(n_feat)]
     ax0.set_xticks(range(n_feat), names, rotation=45, ha="right")
+    ax0.set_yticks(range(0, n_lag, max(1, n_lag // 9)))
     ax0.set_ylabel("lag k (steps before t)")
     ax0.set_title("mean |attribution| by lag and feature")
     fig.colorbar(im0, ax=ax0, label="mean |attribution|")
@@ -52,6 +53,7 @@ def lag_feature_figure(
     extent = (float(t[0]) - 0.5, float(t[-1]) + 0.5, n_lag - 0.5, -0.5)
     im1 = ax1.imshow(share.T.numpy(), aspect="auto", cmap="magma", interpolation="nearest", extent=extent)
     ax1.set_xlabel("explained step t")
+    ax1.set_yticks(range(0, n_lag, max(1, n_lag // 9)))
     ax1.set_ylabel("lag k")
     ax1.set_title("share of |attribution| per lag over the episode")
     fig.colorbar(im1, ax=ax1, label="share of window total")
