@@ -90,3 +90,30 @@ def test_training_runs_and_writes_a_loadable_checkpoint(tmp_path, one_thread):
         log=lambda m: None,
     )
     assert again["best"]["frames"] == 600  # frame counts continue from the checkpoint
+
+
+def test_velocity_edit_moves_one_readout_and_patching_runs(one_thread):
+    from sklearn.linear_model import Ridge
+
+    from agents.pendulum_memory.interpret import collect, patch_between_episodes, velocity_direction
+    from envs.pendulum_masked import VELOCITY_NAMES
+
+    torch.manual_seed(0)
+    actor, _, state = load_agent(LSTM_CHECKPOINT)
+    data = collect(actor, state, [0, 1, 2], 60)
+    x = torch.cat(
+        [data["next", "recurrent_state_h"].flatten(1), data["next", "recurrent_state_c"].flatten(1)], 1
+    )
+    readouts = torch.stack(
+        [
+            torch.as_tensor(Ridge(alpha=1.0).fit(x.numpy(), data["physics", n].numpy()).coef_)
+            for n in VELOCITY_NAMES
+        ]
+    ).float()
+    d, r2 = velocity_direction(data, "w1")
+    shift = d / d.pow(2).sum()  # what ShiftAlong(d, 1.0) adds
+    torch.testing.assert_close(readouts @ shift, torch.tensor([0.0, 1.0, 0.0]), atol=1e-3, rtol=0)
+    assert 0 < r2 <= 1
+    patched = patch_between_episodes(actor, state, data, step=5, pairs=2)
+    assert len(patched["pairs"]) == 2 and 0 <= patched["sign_agreement"] <= 1
+    assert all(abs(p["observed"]) > 0 for p in patched["pairs"])  # another episode's state changes the action
