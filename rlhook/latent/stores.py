@@ -1,0 +1,260 @@
+"""Analysis over activation stores larger than RAM: replay buffers on memory-mapped storage, streamed in chunks.
+
+A store is anything that holds rows of a TensorDict: a TorchRL ``ReplayBuffer`` or its storage (a
+``LazyMemmapStorage`` keeps one raw file per key), a memory-mapped ``TensorDict`` (``td.memmap_(folder)``) or an
+ordinary one. Rows are read in consecutive chunks; from a memory-mapped file each chunk is read into fresh memory
+with a plain file read, so the resident set stays near one chunk however large the store is (mapping the whole
+file would count every page read towards it).
+
+>>> rb = ReplayBuffer(storage=LazyMemmapStorage(10_000_000, scratch_dir="store"))
+>>> rb.extend(batch)                                          # batches with ("rlhook", name) activations
+>>> probe = fit_probe(RidgeProbe(alpha=1.0), rb, ("rlhook", "act1"), "velocity")   # one streaming pass
+>>> stream_cka(rb, ("rlhook", "act0"), ("rlhook", "act1"))                         # exact linear CKA
+>>> two_nn(sample(rb, [("rlhook", "act1")], 5000)["rlhook", "act1"])               # on a random sample
+
+Probes fitted this way equal the in-memory fits: ``RidgeProbe`` accumulates its sufficient statistics chunk by
+chunk (one pass), ``LogisticProbe`` runs the same L-BFGS with its loss and gradient summed over the chunks (one
+pass per function evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.memmap import MemoryMappedTensor
+from tensordict.utils import NestedKey
+
+from rlhook.keys import get_key
+from rlhook.latent.estimators import LogisticProbe, RidgeProbe
+from rlhook.latent.sae import SparseAutoencoder, sae_step
+
+__all__ = ["chunks", "fit_probe", "sample", "stream_cka", "train_sae_stream", "rows_of"]
+
+DEFAULT_CHUNK = 65_536
+
+
+def _table(source: object) -> TensorDictBase:
+    """The TensorDict of rows behind a replay buffer, a storage or a TensorDict (valid rows only)."""
+    storage = getattr(source, "storage", None)  # a ReplayBuffer
+    storage = source if storage is None or callable(storage) else storage
+    if isinstance(storage, TensorDictBase):
+        return storage
+    table = getattr(storage, "_storage", None)
+    if not isinstance(table, TensorDictBase):
+        raise TypeError(
+            f"expected a ReplayBuffer, a TensorDict storage (LazyMemmapStorage, LazyTensorStorage) or a "
+            f"TensorDict, got {type(source).__name__}"
+        )
+    return table[: len(storage)]
+
+
+def rows_of(source: object) -> int:
+    """Number of rows a store holds."""
+    return _table(source).shape[0]
+
+
+def _read(leaf: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of ``leaf`` in fresh memory; memory-mapped files are read, not mapped."""
+    filename = getattr(leaf, "filename", None) if isinstance(leaf, MemoryMappedTensor) else None
+    if filename is None or not leaf.is_contiguous():
+        return leaf[start:stop].clone()
+    row = math.prod(leaf.shape[1:]) * leaf.element_size()
+    out = torch.empty((stop - start, *leaf.shape[1:]), dtype=leaf.dtype)
+    with open(filename, "rb", buffering=0) as f:
+        f.seek(start * row)
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())
+        got = 0
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise OSError(f"{filename}: expected {len(view)} bytes from row {start}, file ended at {got}")
+            got += n
+    return out
+
+
+def chunks(
+    source: object,
+    keys: Sequence[NestedKey],
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    start: int = 0,
+    stop: int | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> Iterator[TensorDict]:
+    """Consecutive rows ``[start, stop)`` of ``keys`` as TensorDicts of at most ``chunk_size`` rows.
+
+    ``progress`` shows a bar (tqdm, when installed) over the rows.
+    """
+    table = _table(source)
+    leaves = {key: get_key(table, key, what="store") for key in keys}
+    stop = table.shape[0] if stop is None else min(stop, table.shape[0])
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    bar = _bar(stop - start, desc) if progress and stop - start > chunk_size else None
+    try:
+        for i in range(start, stop, chunk_size):
+            j = min(i + chunk_size, stop)
+            out = TensorDict({}, batch_size=[j - i])
+            for key, leaf in leaves.items():
+                out.set(key, _read(leaf, i, j))
+            yield out
+            if bar is not None:
+                bar.update(j - i)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _bar(total: int, desc: str | None):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a convenience: no tqdm, no bar
+        return None
+    return tqdm(total=total, desc=desc or "rows", unit="row", unit_scale=True, leave=False)
+
+
+def sample(source: object, keys: Sequence[NestedKey], n: int, *, seed: int = 0) -> TensorDict:
+    """``n`` rows drawn without replacement (reproducibly from ``seed``), in store order."""
+    table = _table(source)
+    total = table.shape[0]
+    if n > total:
+        raise ValueError(f"asked for {n} rows from a store of {total}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(total, generator=g)[:n].sort().values
+    out = TensorDict({}, batch_size=[n])
+    for key in keys:
+        leaf = get_key(table, key, what="store")
+        if isinstance(leaf, MemoryMappedTensor) and leaf.filename is not None:
+            mm = np.memmap(leaf.filename, dtype=leaf.numpy().dtype, mode="r", shape=tuple(leaf.shape))
+            value = torch.from_numpy(np.ascontiguousarray(mm[idx.numpy()]))
+            del mm  # unmapped: only the sampled pages were touched
+        else:
+            value = leaf[idx].clone()
+        out.set(key, value)
+    return out
+
+
+def _xy(chunk: TensorDict, x_key: NestedKey, y_key: NestedKey) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = chunk.get(x_key), chunk.get(y_key)
+    return x.reshape(len(x), -1), (y.reshape(len(y)) if y.numel() == len(y) else y.reshape(len(y), -1))
+
+
+def fit_probe(
+    probe: RidgeProbe | LogisticProbe,
+    source: object,
+    x_key: NestedKey,
+    y_key: NestedKey,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: bool = True,
+) -> RidgeProbe | LogisticProbe:
+    """Fit a ridge or logistic probe of ``y_key`` on ``x_key`` (flattened per row) over the whole store.
+
+    ``RidgeProbe``: one pass. ``LogisticProbe``: one pass for the classes, then one per L-BFGS evaluation.
+    Returns the fitted probe (the same object).
+    """
+
+    def stream(desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for chunk in chunks(source, [x_key, y_key], chunk_size=chunk_size, progress=progress, desc=desc):
+            yield _xy(chunk, x_key, y_key)
+
+    if isinstance(probe, RidgeProbe):
+        probe.reset()
+        for x, y in stream("ridge"):
+            probe.partial_fit(x, y)
+        probe._solve()
+        return probe
+    if isinstance(probe, LogisticProbe):
+        return probe.fit_chunks(lambda: stream("logistic"))
+    raise TypeError(f"fit_probe streams RidgeProbe and LogisticProbe, got {type(probe).__name__}")
+
+
+def stream_cka(
+    source: object,
+    x_key: NestedKey,
+    y_key: NestedKey,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: bool = True,
+) -> float:
+    """Exact linear CKA between two activation keys over every row, from feature-space statistics in one pass
+    (``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``, centred by the store's means)."""
+    stats: dict[str, torch.Tensor] = {}
+    n = 0
+    for chunk in chunks(source, [x_key, y_key], chunk_size=chunk_size, progress=progress, desc="cka"):
+        x, y = (chunk.get(k).reshape(len(chunk), -1).double() for k in (x_key, y_key))
+        if not stats:
+            stats = {
+                "sx": x.sum(0) * 0,
+                "sy": y.sum(0) * 0,
+                "xx": x.T @ x * 0,
+                "yy": y.T @ y * 0,
+                "yx": y.T @ x * 0,
+            }
+        stats["sx"] += x.sum(0)
+        stats["sy"] += y.sum(0)
+        stats["xx"] += x.T @ x
+        stats["yy"] += y.T @ y
+        stats["yx"] += y.T @ x
+        n += len(x)
+    if n == 0:
+        raise ValueError("the store holds no rows")
+    mx, my = stats["sx"] / n, stats["sy"] / n
+    xx = stats["xx"] - n * torch.outer(mx, mx)
+    yy = stats["yy"] - n * torch.outer(my, my)
+    yx = stats["yx"] - n * torch.outer(my, mx)
+    return float(yx.pow(2).sum() / (xx.norm() * yy.norm()).clamp_min(1e-300))
+
+
+def train_sae_stream(
+    source: object,
+    key: NestedKey,
+    d_hidden: int,
+    *,
+    epochs: int = 1,
+    batch_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK,
+    l1: float = 1e-3,
+    lr: float = 3e-3,
+    kind: str = "relu",
+    k: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> SparseAutoencoder:
+    """Train a sparse autoencoder on the rows of ``key`` (flattened per row) without loading the store.
+
+    Each epoch reads the chunks in order and takes shuffled minibatches of ``batch_size`` inside each chunk;
+    ``b_dec`` starts at the store's mean (one extra pass). Loss and decoder normalisation as ``train_sae``.
+    The result depends on the rows and ``chunk_size``, not on where the rows live (memory or disk).
+    """
+    total, mean = 0, None
+    for chunk in chunks(source, [key], chunk_size=chunk_size, progress=progress, desc="mean"):
+        x = chunk.get(key).reshape(len(chunk), -1).double()
+        mean = x.sum(0) if mean is None else mean + x.sum(0)
+        total += len(x)
+    if mean is None:
+        raise ValueError("the store holds no rows")
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sae = SparseAutoencoder(len(mean), d_hidden, kind=kind, k=k)
+    with torch.no_grad():
+        sae.b_dec.copy_(mean / total)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    history: list[float] = []
+    with torch.enable_grad():
+        for epoch in range(epochs):
+            for chunk in chunks(source, [key], chunk_size=chunk_size, progress=progress, desc=f"sae {epoch}"):
+                acts = chunk.get(key).reshape(len(chunk), -1).float()
+                for idx in torch.randperm(len(acts), generator=g).split(batch_size):
+                    history.append(sae_step(sae, opt, acts[idx], l1))
+                    if on_step is not None:
+                        on_step(len(history), history[-1])
+    sae.history = history
+    return sae
