@@ -239,6 +239,7 @@ class LogisticProbe:
         opt.step(closure)
         self.coef_, self.intercept_ = W.detach(), b.detach()
         self.n_iter_ = opt.state[W].get("n_iter", 0)
+        self.n_evals_ = opt.state[W].get("func_evals", 0)
         return self
 
     def decision_function(self, X: torch.Tensor) -> torch.Tensor:

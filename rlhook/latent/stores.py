@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.memmap import MemoryMappedTensor
@@ -57,10 +56,17 @@ def rows_of(source: object) -> int:
     return _table(source).shape[0]
 
 
+def _file_of(leaf: torch.Tensor) -> str | None:
+    """The file behind a whole, contiguous memory-mapped tensor (rows can be read from it), else None."""
+    if isinstance(leaf, MemoryMappedTensor) and leaf.is_contiguous():
+        return getattr(leaf, "filename", None)
+    return None
+
+
 def _read(leaf: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Rows ``start:stop`` of ``leaf`` in fresh memory; memory-mapped files are read, not mapped."""
-    filename = getattr(leaf, "filename", None) if isinstance(leaf, MemoryMappedTensor) else None
-    if filename is None or not leaf.is_contiguous():
+    filename = _file_of(leaf)
+    if filename is None:
         return leaf[start:stop].clone()
     row = math.prod(leaf.shape[1:]) * leaf.element_size()
     out = torch.empty((stop - start, *leaf.shape[1:]), dtype=leaf.dtype)
@@ -129,12 +135,12 @@ def sample(source: object, keys: Sequence[NestedKey], n: int, *, seed: int = 0) 
     out = TensorDict({}, batch_size=[n])
     for key in keys:
         leaf = get_key(table, key, what="store")
-        if isinstance(leaf, MemoryMappedTensor) and leaf.filename is not None:
-            mm = np.memmap(leaf.filename, dtype=leaf.numpy().dtype, mode="r", shape=tuple(leaf.shape))
-            value = torch.from_numpy(np.ascontiguousarray(mm[idx.numpy()]))
-            del mm  # unmapped: only the sampled pages were touched
-        else:
+        if _file_of(leaf) is None:
             value = leaf[idx].clone()
+        else:  # one read per run of consecutive rows: mapping the file would fault in pages around each row
+            starts = torch.cat([idx[:1], idx[1:][idx[1:] != idx[:-1] + 1]])
+            ends = torch.cat([idx[:-1][idx[1:] != idx[:-1] + 1] + 1, idx[-1:] + 1])
+            value = torch.cat([_read(leaf, int(a), int(b)) for a, b in zip(starts, ends)])
         out.set(key, value)
     return out
 
