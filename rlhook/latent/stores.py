@@ -52,8 +52,8 @@ def _table(source: object) -> TensorDictBase:
 
 
 def rows_of(source: object) -> int:
-    """Number of rows a store holds."""
-    return _table(source).shape[0]
+    """Number of rows a store holds (every batch dim counts: a ``[n, T]`` store holds ``n * T`` rows)."""
+    return _table(source).batch_size.numel()
 
 
 def _file_of(leaf: torch.Tensor) -> str | None:
@@ -63,15 +63,16 @@ def _file_of(leaf: torch.Tensor) -> str | None:
     return None
 
 
-def _read(leaf: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Rows ``start:stop`` of ``leaf`` in fresh memory; memory-mapped files are read, not mapped."""
-    filename = _file_of(leaf)
+def _read(leaf: torch.Tensor, nb: int, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of ``leaf`` with its first ``nb`` (batch) dims flattened into rows, in fresh memory;
+    memory-mapped files are read, not mapped."""
+    filename, feat = _file_of(leaf), leaf.shape[nb:]
     if filename is None:
-        return leaf[start:stop].clone()
-    row = math.prod(leaf.shape[1:]) * leaf.element_size()
-    out = torch.empty((stop - start, *leaf.shape[1:]), dtype=leaf.dtype)
+        return leaf.reshape(-1, *feat)[start:stop].clone()
+    row = math.prod(feat)
+    out = torch.empty((stop - start, *feat), dtype=leaf.dtype)
     with open(filename, "rb", buffering=0) as f:
-        f.seek(start * row)
+        f.seek((leaf.storage_offset() + start * row) * leaf.element_size())  # a slice starts inside the file
         view = memoryview(out.view(-1).view(torch.uint8).numpy())
         got = 0
         while got < len(view):
@@ -92,13 +93,15 @@ def chunks(
     progress: bool = True,
     desc: str | None = None,
 ) -> Iterator[TensorDict]:
-    """Consecutive rows ``[start, stop)`` of ``keys`` as TensorDicts of at most ``chunk_size`` rows.
+    """Consecutive rows ``[start, stop)`` of ``keys`` as TensorDicts of at most ``chunk_size`` rows; a store
+    with several batch dims (``[n, T]`` rollouts extended as they came) is read as ``n * T`` rows.
 
     ``progress`` shows a bar (tqdm, when installed) over the rows.
     """
     table = _table(source)
+    nb, total = table.batch_dims, table.batch_size.numel()
     leaves = {key: get_key(table, key, what="store") for key in keys}
-    stop = table.shape[0] if stop is None else min(stop, table.shape[0])
+    stop = total if stop is None else min(stop, total)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     bar = _bar(stop - start, desc) if progress and stop - start > chunk_size else None
@@ -107,7 +110,7 @@ def chunks(
             j = min(i + chunk_size, stop)
             out = TensorDict({}, batch_size=[j - i])
             for key, leaf in leaves.items():
-                out.set(key, _read(leaf, i, j))
+                out.set(key, _read(leaf, nb, i, j))
             yield out
             if bar is not None:
                 bar.update(j - i)
@@ -127,7 +130,7 @@ def _bar(total: int, desc: str | None):
 def sample(source: object, keys: Sequence[NestedKey], n: int, *, seed: int = 0) -> TensorDict:
     """``n`` rows drawn without replacement (reproducibly from ``seed``), in store order."""
     table = _table(source)
-    total = table.shape[0]
+    nb, total = table.batch_dims, table.batch_size.numel()
     if n > total:
         raise ValueError(f"asked for {n} rows from a store of {total}")
     g = torch.Generator().manual_seed(seed)
@@ -136,11 +139,11 @@ def sample(source: object, keys: Sequence[NestedKey], n: int, *, seed: int = 0) 
     for key in keys:
         leaf = get_key(table, key, what="store")
         if _file_of(leaf) is None:
-            value = leaf[idx].clone()
+            value = leaf.reshape(-1, *leaf.shape[nb:])[idx].clone()
         else:  # one read per run of consecutive rows: mapping the file would fault in pages around each row
             starts = torch.cat([idx[:1], idx[1:][idx[1:] != idx[:-1] + 1]])
             ends = torch.cat([idx[:-1][idx[1:] != idx[:-1] + 1] + 1, idx[-1:] + 1])
-            value = torch.cat([_read(leaf, int(a), int(b)) for a, b in zip(starts, ends)])
+            value = torch.cat([_read(leaf, nb, int(a), int(b)) for a, b in zip(starts, ends)])
         out.set(key, value)
     return out
 

@@ -121,3 +121,31 @@ def test_streamed_sae_does_not_depend_on_where_rows_live(stores):
     err = (disk(x) - x).pow(2).sum(-1).mean()
     baseline = (train_sae(x, 32, steps=len(disk.history), batch_size=64, seed=1)(x) - x).pow(2).sum(-1).mean()
     assert err < 2 * baseline  # as good as the in-memory trainer with the same number of steps, roughly
+
+
+def test_slices_and_several_batch_dims_read_the_right_rows(tmp_path):
+    from tensordict import TensorDict
+
+    rb = ReplayBuffer(storage=LazyMemmapStorage(100, scratch_dir=tmp_path))
+    rollouts = TensorDict(
+        {"a": torch.arange(8 * 5 * 3.0).reshape(8, 5, 3)}, [8, 5]
+    )  # [n_envs, T] as collected
+    rb.extend(rollouts)
+    flat = rollouts["a"].reshape(40, 3)
+    assert rows_of(rb) == 40
+    got = torch.cat([c["a"] for c in chunks(rb, ["a"], chunk_size=7, progress=False)])
+    torch.testing.assert_close(got, flat, rtol=0, atol=0)
+    table = rb.storage._storage[: len(rb)]
+    late = table[2:]  # a view that starts inside the file
+    assert late.get("a").filename is not None and late.get("a").storage_offset() > 0
+    got = torch.cat([c["a"] for c in chunks(late, ["a"], chunk_size=4, progress=False)])
+    torch.testing.assert_close(got, flat[10:], rtol=0, atol=0)
+    torch.testing.assert_close(
+        sample(late, ["a"], 30, seed=2)["a"], sample(flat_td(flat[10:]), ["a"], 30, seed=2)["a"]
+    )
+
+
+def flat_td(a):
+    from tensordict import TensorDict
+
+    return TensorDict({"a": a}, [len(a)])
