@@ -104,8 +104,16 @@ def _double(rb):
 def test_streamed_cka_is_exact(stores):
     rb, memory = stores
     exact = linear_cka(memory.get(A0), memory.get(A1))
-    assert abs(stream_cka(rb, A0, A1, chunk_size=64, progress=False) - exact) < 1e-9
+    assert abs(stream_cka(_double(rb), A0, A1, chunk_size=64, progress=False) - exact) < 1e-12
+    assert abs(stream_cka(rb, A0, A1, chunk_size=64, progress=False) - exact) < 1e-5  # float32 products
     assert abs(stream_cka(rb, A1, A1, progress=False) - 1.0) < 1e-9
+    assert (
+        abs(
+            stream_cka(rb, A0, "observation", chunk_size=50, progress=False)
+            - linear_cka(memory.get(A0), memory["observation"])
+        )
+        < 1e-5
+    )
 
 
 def test_streamed_sae_does_not_depend_on_where_rows_live(stores):
