@@ -94,6 +94,15 @@ def test_concept_relevance_is_the_relevance_reaching_the_channels(net, x):
     torch.testing.assert_close(td["crp_relevance"], want)
 
 
+def test_relevances_alone_equal_those_with_heatmaps(net, x):
+    full = _crp(net, x, concepts=[0, [1, 2], 6])
+    alone = _crp(net, x, concepts=[0, [1, 2], 6], heatmaps=False)
+    assert ("crp", "input") not in alone.keys(True)
+    torch.testing.assert_close(alone["crp_relevance"], full["crp_relevance"])
+    # the delta of all channels together is the plain LRP conservation gap
+    torch.testing.assert_close(_crp(net, x, heatmaps=False)["crp_delta"], _crp(net, x)["crp_delta"])
+
+
 def test_bias_free_net_conserves_each_concept(net, x):
     with torch.no_grad():
         for m in net.modules():

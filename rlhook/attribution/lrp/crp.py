@@ -46,7 +46,9 @@ class ConceptRelevance(LRP):
 
     ``concepts``: channel indices (one channel each) or lists of them; ``None``: every channel of the layer
     on its own (K = C). ``channel_dim``: the channel axis of the layer's output (1 for convolutions and
-    linear layers). Other options are LRP's (``composite``, ``canonizers``, ``start``, ``chunk_size`` counts
+    linear layers). ``heatmaps=False`` computes only the concept relevances, with one plain LRP pass (no
+    per-concept copies): ranking every channel of a layer over a data set costs one backward. Other options
+    are LRP's (``composite``, ``canonizers``, ``start``, ``chunk_size`` counts
     rows of examples x concepts).
 
     Reads the attributed inputs. Writes ``("crp", k)`` of shape ``(B, K, *k.shape[1:])`` (the conditional
@@ -65,6 +67,7 @@ class ConceptRelevance(LRP):
         layer: Path,
         concepts: Concepts | None = None,
         channel_dim: int = 1,
+        heatmaps: bool = True,
         **options: object,
     ) -> None:
         super().__init__(target, **options)
@@ -72,7 +75,7 @@ class ConceptRelevance(LRP):
             raise ValueError("ConceptRelevance conditions on one layer=...; layers=[...] is not supported")
         if channel_dim < 1:
             raise ValueError(f"channel_dim counts from the batch axis 0 and must be >= 1, got {channel_dim}")
-        self.layer, self.concepts, self.channel_dim = layer, concepts, channel_dim
+        self.layer, self.concepts, self.channel_dim, self.heatmaps = layer, concepts, channel_dim, heatmaps
 
     def setup(self, hooked: Prepared, hooks: Hooks) -> None:
         super().setup(hooked, hooks)
@@ -106,7 +109,8 @@ class ConceptRelevance(LRP):
                 f"layer {name!r} gives {tuple(getattr(act, 'shape', ()))}; CRP needs a tensor with a channel "
                 f"axis {self.channel_dim}"
             )
-        masks = self._masks(act.shape[self.channel_dim]).to(act.device)
+        concept_masks = self._masks(act.shape[self.channel_dim]).to(act.device)
+        masks = concept_masks if self.heatmaps else torch.ones_like(concept_masks[:1])
         shape = [1] * act.dim()
         shape[self.channel_dim] = masks.shape[1]
         n_ex, n_k = flat.batch_size[0], masks.shape[0]
@@ -142,7 +146,7 @@ class ConceptRelevance(LRP):
                 per_channel = store["relevance"][first].sum(dims) if dims else store["relevance"][first]
                 rel = channel_rel.setdefault(t, per_channel.new_zeros((n_ex, masks.shape[1])))
                 rel[ex[first]] = per_channel
-        hooked.state.concept_relevance = {t: r @ masks.T.to(r.dtype) for t, r in channel_rel.items()}
+        hooked.state.concept_relevance = {t: r @ concept_masks.T.to(r.dtype) for t, r in channel_rel.items()}
         return maps
 
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
@@ -153,7 +157,7 @@ class ConceptRelevance(LRP):
             rel = hooked.state.concept_relevance
             for t in rel:
                 rel[t] = rel[t] * scores[t].reshape(-1, 1).to(rel[t].dtype)
-        return sums
+        return sums if self.heatmaps else {t: {} for t in sums}
 
     def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
         td = super().apply(hooked, td)
