@@ -21,11 +21,11 @@ def pyplot():
     return require("matplotlib.pyplot", "plot")
 
 
-def save_figure(fig: Any, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (parent folders created) and close it."""
+def save_figure(fig: Any, path: str | Path, *, tight: bool = False) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parent folders created) and close it; ``tight`` crops the margins."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, **({"bbox_inches": "tight", "pad_inches": 0.05} if tight else {}))
     pyplot().close(fig)
     return path
 
@@ -103,4 +103,4 @@ def image_grid(
             axes[0, j].set_title(t, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=True)

@@ -13,12 +13,14 @@ __all__ = ["overlay_grid"]
 
 
 def _rgb(image: torch.Tensor) -> torch.Tensor:
-    """``(C, H, W)`` or ``(H, W)`` -> ``(H, W, 3)`` in ``[0, 1]`` (min-max scaled per image)."""
+    """``(C, H, W)`` or ``(H, W)`` -> ``(H, W, 3)`` in ``[0, 1]`` (min-max scaled when outside it)."""
     img = image.detach().float().cpu()
     img = img.unsqueeze(0) if img.dim() == 2 else img
     img = img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]
     lo, hi = img.min(), img.max()
-    return ((img - lo) / (hi - lo).clamp_min(1e-12)).permute(1, 2, 0)
+    if lo < 0 or hi > 1:
+        img = (img - lo) / (hi - lo).clamp_min(1e-12)
+    return img.permute(1, 2, 0)
 
 
 def overlay_grid(
@@ -75,4 +77,4 @@ def overlay_grid(
         axes[0, j].set_title(t, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=True)
