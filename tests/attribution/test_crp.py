@@ -99,8 +99,9 @@ def test_relevances_alone_equal_those_with_heatmaps(net, x):
     alone = _crp(net, x, concepts=[0, [1, 2], 6], heatmaps=False)
     assert ("crp", "input") not in alone.keys(True)
     torch.testing.assert_close(alone["crp_relevance"], full["crp_relevance"])
-    # the delta of all channels together is the plain LRP conservation gap
-    torch.testing.assert_close(_crp(net, x, heatmaps=False)["crp_delta"], _crp(net, x)["crp_delta"])
+    # without heatmaps the conservation gap is taken at the layer: all channels' relevance minus the target
+    every = _crp(net, x, heatmaps=False)
+    torch.testing.assert_close(every["crp_delta"], every["crp_relevance"].sum(1) - net(x)[:, 1])
 
 
 def test_bias_free_net_conserves_each_concept(net, x):
@@ -164,3 +165,15 @@ def test_layer_must_be_one_module(net):
     with pytest.raises(ValueError, match="exactly one"):
         with ConceptRelevance(target, layer=r"layer1\.\d").prepare(net):
             pass
+
+
+def test_gradient_start_matches_lrp(net, x):
+    logp = lambda out: out["output"].log_softmax(-1)[..., 1]  # noqa: E731
+    with ConceptRelevance(logp, layer=LAYER, canonizers=[ResNetCanonizer()], start="gradient").prepare(
+        net
+    ) as h:
+        crp = h(_td(x))
+    with LRP(logp, canonizers=[ResNetCanonizer()], start="gradient", layers=[LAYER]).prepare(net) as h:
+        lrp = h(_td(x))
+    torch.testing.assert_close(crp["crp", "input"].sum(1), lrp["attr", "input"])
+    torch.testing.assert_close(crp["crp_relevance"], lrp["attr", LAYER].sum((-2, -1)))

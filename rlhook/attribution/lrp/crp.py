@@ -3,8 +3,9 @@
 A concept is a set of channels at one layer. Its conditional heatmap is the input relevance when, at that
 layer, only the concept's channels keep their relevance (the others' is set to zero before it flows on).
 Rules are linear in the relevance, so the conditional maps of concepts that partition the channels sum to the
-plain LRP map. All K concepts are explained in one call: every example is repeated K times, each copy with its
-own channel mask, and the copies share the forward and one backward per target.
+plain LRP map (relevance that bypasses the layer, on a skip path around it, belongs to no concept). All K
+concepts are explained in one call, as K per-target IG maps are: one shared forward, one backward from each
+target to the layer, then one backward per concept from the layer to the inputs.
 """
 
 from __future__ import annotations
@@ -27,35 +28,22 @@ __all__ = ["ConceptRelevance", "top_examples"]
 Concepts = Sequence[int | Sequence[int]]
 
 
-class _Condition(torch.autograd.Function):
-    """Identity forward; backward records the incoming relevance and keeps only the masked channels."""
-
-    @staticmethod
-    def forward(ctx, output: torch.Tensor, mask: torch.Tensor, store: dict) -> torch.Tensor:
-        ctx.mask, ctx.store = mask, store
-        return output.view_as(output)
-
-    @staticmethod
-    def backward(ctx, relevance: torch.Tensor):
-        ctx.store["relevance"] = relevance.detach()
-        return relevance * ctx.mask.to(relevance.dtype), None, None
-
-
 class ConceptRelevance(LRP):
     """Conditional LRP heatmaps for K concepts (channel sets) at ``layer``, and each concept's relevance.
 
     ``concepts``: channel indices (one channel each) or lists of them; ``None``: every channel of the layer
     on its own (K = C). ``channel_dim``: the channel axis of the layer's output (1 for convolutions and
-    linear layers). ``heatmaps=False`` computes only the concept relevances, with one plain LRP pass (no
-    per-concept copies): ranking every channel of a layer over a data set costs one backward. Other options
-    are LRP's (``composite``, ``canonizers``, ``start``, ``chunk_size`` counts
-    rows of examples x concepts).
+    linear layers; the layer's last call if it runs several times). ``heatmaps=False`` computes only the concept
+    relevances (one backward per target, to the layer): ranking every channel of a layer over a data set. Other options
+    are LRP's (``composite``, ``canonizers``, ``start``, ``chunk_size``).
 
     Reads the attributed inputs. Writes ``("crp", k)`` of shape ``(B, K, *k.shape[1:])`` (the conditional
     heatmaps; ``("crp", name, k)`` per target for a TensorDict target), ``("crp_relevance",)`` (or
     ``("crp_relevance", name)``), shape ``(B, K)``: the relevance reaching each concept at the layer
     (summed over its channels and positions), and ``"crp_delta"``: the sum of all conditional relevances
-    minus the target, zero up to stabilisers and biases when the concepts partition the channels.
+    minus the target, zero up to stabilisers and biases when the concepts partition the channels (with
+    ``heatmaps=False``: the relevance reaching all channels of the layer minus the target).
+    ``chunk_size`` counts examples per forward.
     """
 
     keys = {"attr": "crp", "delta": "crp_delta", "relevance": "crp_relevance"}
@@ -102,52 +90,72 @@ class ConceptRelevance(LRP):
         return masks
 
     def input_gradients(self, hooked, flat, keys, target=None):
-        name, module = hooked.state.site
-        act = layer_outputs(hooked, flat[:1], [hooked.state.site])[name]
-        if not isinstance(act, torch.Tensor) or act.dim() <= self.channel_dim:
+        site = hooked.state.site
+        name = site[0]
+        probe = layer_outputs(hooked, flat[:1], [site])[name]
+        if not isinstance(probe, torch.Tensor) or probe.dim() <= self.channel_dim:
             raise ValueError(
-                f"layer {name!r} gives {tuple(getattr(act, 'shape', ()))}; CRP needs a tensor with a channel "
+                f"layer {name!r} gives {tuple(getattr(probe, 'shape', ()))}; CRP needs a tensor with a channel "
                 f"axis {self.channel_dim}"
             )
-        concept_masks = self._masks(act.shape[self.channel_dim]).to(act.device)
-        masks = concept_masks if self.heatmaps else torch.ones_like(concept_masks[:1])
-        shape = [1] * act.dim()
+        masks = self._masks(probe.shape[self.channel_dim]).to(probe.device)
+        shape = [1] * probe.dim()
         shape[self.channel_dim] = masks.shape[1]
         n_ex, n_k = flat.batch_size[0], masks.shape[0]
         target = self.options.target if target is None else target
-        size = n_ex * n_k if self.options.chunk_size is None else self.options.chunk_size
+        size = n_ex if self.options.chunk_size is None else self.options.chunk_size
         maps: dict = {}
-        channel_rel: dict = {}
-        for start in range(0, n_ex * n_k, size):
-            rows = torch.arange(start, min(start + size, n_ex * n_k), device=act.device)
-            concept, ex = rows // n_ex, rows % n_ex
+        concept_rel: dict = {}
+        hooked.state.layer_total = {}
+        for start in range(0, n_ex, size):
+            ex = torch.arange(start, min(start + size, n_ex), device=probe.device)
             chunk = flat[ex]
             leaves = [chunk.get(k).detach().requires_grad_(True) for k in keys]
             for k, leaf in zip(keys, leaves):
                 chunk.set(k, leaf)
-            store: dict = {}
-            row_masks = masks[concept].reshape(len(rows), *shape[1:])
             with hooked.run(chunk) as run:
-                run.set((name, module), lambda out, m=row_masks, s=store: _Condition.apply(out, m, s))
+                saved = run.save(site)
+            act = saved.resolve()
             scores = evaluate(target, run.output, batch_dims=1)
-            first = concept == 0
             for i, (t, score) in enumerate(scores.items()):
-                grads = torch.autograd.grad(score.sum(), leaves, retain_graph=i < len(scores) - 1)
-                acc = maps.setdefault(t, {k: None for k in keys})
-                for k, g in zip(keys, grads):
-                    if acc[k] is None:
-                        acc[k] = g.new_zeros((n_ex, n_k, *g.shape[1:]))
-                    acc[k][ex, concept] = g.detach()
-                if "relevance" not in store:
+                # relevance reaching the layer (one backward from the target), then one per concept below it
+                (rel,) = torch.autograd.grad(score.sum(), act, retain_graph=True, allow_unused=True)
+                if rel is None:
                     raise RuntimeError(
                         f"no relevance reaches layer {name!r}: the target does not depend on it"
                     )
-                dims = [d for d in range(store["relevance"].dim()) if d not in (0, self.channel_dim)]
-                per_channel = store["relevance"][first].sum(dims) if dims else store["relevance"][first]
-                rel = channel_rel.setdefault(t, per_channel.new_zeros((n_ex, masks.shape[1])))
-                rel[ex[first]] = per_channel
-        hooked.state.concept_relevance = {t: r @ concept_masks.T.to(r.dtype) for t, r in channel_rel.items()}
-        return maps
+                dims = [d for d in range(rel.dim()) if d not in (0, self.channel_dim)]
+                per_channel = rel.sum(dims) if dims else rel
+                cr = concept_rel.setdefault(t, rel.new_zeros((n_ex, n_k)))
+                cr[ex] = (per_channel @ masks.T.to(rel.dtype)).detach()
+                total = hooked.state.layer_total.setdefault(t, rel.new_zeros((n_ex, 1)))
+                total[ex] = per_channel.detach().reshape(len(ex), -1).sum(-1, keepdim=True)
+                if not self.heatmaps or not keys:
+                    continue
+                acc = maps.setdefault(t, {k: None for k in keys})
+                last = i == len(scores) - 1
+                for j in range(n_k):
+                    grads = torch.autograd.grad(
+                        act,
+                        leaves,
+                        rel * masks[j].reshape(shape).to(rel.dtype),
+                        retain_graph=not (last and j == n_k - 1),
+                        allow_unused=True,
+                    )
+                    for k, g, leaf in zip(keys, grads, leaves):
+                        if acc[k] is None:
+                            acc[k] = leaf.new_zeros((n_ex, n_k, *leaf.shape[1:]))
+                        if g is not None:
+                            acc[k][ex, j] = g.detach()
+        hooked.state.concept_relevance = concept_rel
+        if self.heatmaps:
+            return maps
+        # no heatmaps: LRP's conservation gap is taken at the layer (all channels' relevance minus the target)
+        totals = {t: hooked.state.layer_total[t] for t in concept_rel}
+        return {
+            t: {k: (v if i == 0 else torch.zeros_like(v)) for i, k in enumerate(keys)}
+            for t, v in totals.items()
+        }
 
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         sums = super().attribute(hooked, flat, keys)
