@@ -28,7 +28,7 @@ from rlhook.attribution import (
     Saliency,
     SmoothGrad,
 )
-from rlhook.attribution.lrp import LRP
+from rlhook.attribution.lrp import LRP, ConceptRelevance
 from rlhook.latent import (
     TCAV,
     ActivationAddition,
@@ -153,6 +153,9 @@ ROWS: dict[str, Row] = {
     "perturbation": Row(lambda: PerturbationSaliency(first), chunk={"chunk_size": 5}),
     "attribution_patching": Row(lambda: AttributionPatching(two, layers=r"layers\.\d")),
     "lrp": Row(lambda: LRP(two)),
+    "crp": Row(
+        lambda: ConceptRelevance(two, layer="layers.1", concepts=[0, [1, 2], 5]), chunk={"chunk_size": 4}
+    ),
     "caching": Row(
         lambda: ActivationCaching(r"layers\.\d", direction="both", target="output"), callable_attr="target"
     ),

@@ -12,8 +12,18 @@ pytest.importorskip("ipykernel")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-NEEDS = {"chess.ipynb": ("chess", "matplotlib")}
-WRITES = {"chess.ipynb": ("hanging_queen_saliency.png", "hanging_queen_lrp.png", "probes.png", "net.pb.gz")}
+NEEDS = {"chess.ipynb": ("chess", "matplotlib"), "vision_concepts.ipynb": ("matplotlib", "sklearn", "scipy")}
+WRITES = {
+    "chess.ipynb": ("hanging_queen_saliency.png", "hanging_queen_lrp.png", "probes.png", "net.pb.gz"),
+    "vision_concepts.ipynb": (
+        "attributions.png",
+        "concept_relevance.png",
+        "conditional_heatmaps.png",
+        "relevance_maximisation.png",
+        "tcav.png",
+        "ablation.png",
+    ),
+}
 
 
 def test_there_are_notebooks():

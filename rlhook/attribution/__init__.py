@@ -6,7 +6,7 @@ from rlhook.attribution.gradcam import GradCAM
 from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
 from rlhook.attribution.guided import GuidedBackprop
 from rlhook.attribution.integrated import IntegratedGradients
-from rlhook.attribution.lrp import LRP, Composite, MergeBatchNorm
+from rlhook.attribution.lrp import LRP, Composite, ConceptRelevance, MergeBatchNorm
 from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from rlhook.attribution.occlusion import FeatureAblation, Occlusion
 from rlhook.attribution.perturbation import PerturbationSaliency
@@ -15,6 +15,7 @@ from rlhook.attribution.saliency import InputXGradient, Saliency
 __all__ = [
     "AttributionPatching",
     "Composite",
+    "ConceptRelevance",
     "ExpectedGradients",
     "FeatureAblation",
     "GradientMethod",

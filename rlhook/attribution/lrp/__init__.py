@@ -1,7 +1,9 @@
-"""Layer-wise relevance propagation: rules, composites (rule maps), canonizers and the ``LRP`` method."""
+"""Layer-wise relevance propagation: rules, composites (rule maps), canonizers, the ``LRP`` method and concept
+relevance propagation (``ConceptRelevance``)."""
 
 from rlhook.attribution.lrp.canonizers import Canonizer, MergeBatchNorm
 from rlhook.attribution.lrp.composite import Composite, Sum
+from rlhook.attribution.lrp.crp import ConceptRelevance, top_examples
 from rlhook.attribution.lrp.method import LRP
 from rlhook.attribution.lrp.rules import (
     AlphaBeta,
@@ -21,6 +23,7 @@ __all__ = [
     "AlphaBeta",
     "Canonizer",
     "Composite",
+    "ConceptRelevance",
     "Epsilon",
     "Flat",
     "Gamma",
@@ -32,4 +35,5 @@ __all__ = [
     "Sum",
     "WSquare",
     "ZPlus",
+    "top_examples",
 ]

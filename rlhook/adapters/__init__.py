@@ -1,0 +1,5 @@
+"""Conveniences for model families over the same core: vision (ResNet canonizer, image baselines)."""
+
+from rlhook.adapters.vision import ResNetCanonizer, image_baseline, residual_blocks
+
+__all__ = ["ResNetCanonizer", "image_baseline", "residual_blocks"]
