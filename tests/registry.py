@@ -17,15 +17,20 @@ from rlhook import Method
 from rlhook.attribution import (
     AttributionPatching,
     FeatureAblation,
+    FeaturePermutation,
     GradCAM,
     GradientSHAP,
     GuidedBackprop,
     InputXGradient,
     IntegratedGradients,
+    KernelShap,
+    Lime,
     NoiseTunnel,
     Occlusion,
     PerturbationSaliency,
     Saliency,
+    ShapleyValues,
+    ShapleyValueSampling,
     SmoothGrad,
 )
 from rlhook.attribution.lrp import LRP
@@ -150,6 +155,15 @@ ROWS: dict[str, Row] = {
     "gradcam": Row(lambda: GradCAM(first, layers="layers.1", channel_dim=-1, spatial_dims=())),
     "occlusion": Row(lambda: Occlusion(two, window=(3,), strides=2), chunk={"chunk_size": 5}),
     "feature_ablation": Row(lambda: FeatureAblation(first), chunk={"chunk_size": 6}),
+    "shapley_sampling": Row(lambda: ShapleyValueSampling(two, n_samples=2), chunk={"chunk_size": 7}),
+    "shapley_exact": Row(
+        lambda: ShapleyValues(first, feature_mask=torch.arange(16) // 4), chunk={"chunk_size": 5}
+    ),
+    "kernel_shap": Row(lambda: KernelShap(two, n_samples=20), chunk={"chunk_size": 6}),
+    "lime": Row(lambda: Lime(first, n_samples=20, alpha=1e-3), chunk={"chunk_size": 6}),
+    "feature_permutation": Row(
+        lambda: FeaturePermutation(two), per_example=False, empty=False, chunk={"chunk_size": 4}
+    ),
     "perturbation": Row(lambda: PerturbationSaliency(first), chunk={"chunk_size": 5}),
     "attribution_patching": Row(lambda: AttributionPatching(two, layers=r"layers\.\d")),
     "lrp": Row(lambda: LRP(two)),

@@ -2,33 +2,41 @@
 
 from rlhook.attribution.attribution_patching import AttributionPatching
 from rlhook.attribution.base import GradientMethod
+from rlhook.attribution.feature_permutation import FeaturePermutation
 from rlhook.attribution.gradcam import GradCAM
 from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
 from rlhook.attribution.guided import GuidedBackprop
 from rlhook.attribution.integrated import IntegratedGradients
+from rlhook.attribution.lime import KernelShap, Lime
 from rlhook.attribution.lrp import LRP, Composite, MergeBatchNorm
 from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from rlhook.attribution.occlusion import FeatureAblation, Occlusion
 from rlhook.attribution.perturbation import PerturbationSaliency
 from rlhook.attribution.saliency import InputXGradient, Saliency
+from rlhook.attribution.shapley import ShapleyValues, ShapleyValueSampling
 
 __all__ = [
     "AttributionPatching",
     "Composite",
     "ExpectedGradients",
     "FeatureAblation",
+    "FeaturePermutation",
     "GradientMethod",
     "GradCAM",
     "GradientSHAP",
     "GuidedBackprop",
     "InputXGradient",
     "IntegratedGradients",
+    "KernelShap",
     "LRP",
+    "Lime",
     "MergeBatchNorm",
     "NoiseTunnel",
     "Occlusion",
     "PerturbationSaliency",
     "Saliency",
+    "ShapleyValueSampling",
+    "ShapleyValues",
     "SmoothGrad",
     "SmoothGradSquared",
     "VarGrad",

@@ -15,21 +15,27 @@ from tensordict import TensorDict
 from rlhook.attribution import (
     AttributionPatching,
     FeatureAblation,
+    FeaturePermutation,
     GradCAM,
     GradientSHAP,
     GuidedBackprop,
     InputXGradient,
     IntegratedGradients,
+    KernelShap,
+    Lime,
     NoiseTunnel,
     Occlusion,
     PerturbationSaliency,
     Saliency,
+    ShapleyValues,
+    ShapleyValueSampling,
     SmoothGrad,
 )
 from rlhook.attribution.gradient_shap import shap_draws
 from rlhook.attribution.lrp import LRP, Composite, Epsilon, Norm
 from rlhook.attribution.lrp.composite import POOLING
 from rlhook.attribution.noise_tunnel import draw_noise
+from tests.attribution import captum_perturbation as cp
 from tests.attribution.attr_cases import CASES, Case, captum_noise, captum_shap_draws, flat_inputs
 
 N_NT, STDEV, SEED = 4, 0.3, 5
@@ -50,6 +56,7 @@ class Row:
     random: bool = False  # draws depend on the batch: no one-by-one check
     chunks: bool = True
     tol: float = 1e-9
+    min_batch: int = 1  # FeaturePermutation shuffles across the batch
 
 
 def _cap(cls, **kw) -> Callable:
@@ -192,6 +199,49 @@ ROWS: dict[str, Row] = {
         tol=1e-6,  # captum returns occlusion maps in float32
     ),
     "feature_ablation": Row(lambda c: FeatureAblation(c.target, feature_mask=_masks(c)), _cap_ablation),
+    "shapley_sampling": Row(
+        lambda c: ShapleyValueSampling(
+            c.target, n_samples=cp.N_SHAPLEY, seed=cp.SEED, feature_mask=cp.contiguous_masks(c)
+        ),
+        cp.shapley_sampling,
+        tol=1e-6,  # captum accumulates Shapley values in float32
+    ),
+    "shapley_exact": Row(
+        lambda c: ShapleyValues(c.target, feature_mask=cp.contiguous_masks(c, coarse=True)),
+        cp.shapley_exact,
+        tol=2e-5,  # captum sums F * F! float32 terms (float64 checks: test_attr_shapley.py)
+    ),
+    "kernel_shap": Row(
+        lambda c: KernelShap(
+            c.target, n_samples=cp.N_LIME, seed=cp.SEED, feature_mask=cp.contiguous_masks(c)
+        ),
+        cp.kernel_shap,
+        tol=1e-5,  # captum fits in float32
+    ),
+    "lime": Row(
+        lambda c: Lime(
+            c.target, n_samples=cp.N_LIME, seed=cp.SEED, alpha=0, feature_mask=cp.contiguous_masks(c)
+        ),
+        cp.lime_linear,
+        tol=1e-5,
+    ),
+    "lime_lasso": Row(
+        lambda c: Lime(
+            c.target,
+            n_samples=cp.N_LIME,
+            seed=cp.SEED,
+            alpha=cp.LASSO_ALPHA,
+            feature_mask=cp.contiguous_masks(c),
+        ),
+        cp.lime_lasso,
+        tol=1e-4,  # captum fits in float32; coordinate descent stops at sklearn's tolerance
+    ),
+    "feature_permutation": Row(
+        lambda c: FeaturePermutation(c.target, seed=cp.SEED, feature_mask=cp.contiguous_masks(c)),
+        cp.feature_permutation,
+        random=True,
+        min_batch=2,
+    ),
     "perturbation": Row(lambda c: PerturbationSaliency(c.target), None),
     "attribution_patching": Row(lambda c: AttributionPatching(c.target, layers=c.layer), None),
     "lrp": Row(
@@ -237,6 +287,8 @@ def test_agrees_with_captum(row: str, case_name: str, batch: tuple) -> None:
         pytest.skip(f"captum has no {row}; checked against explicit references in test_attr_methods.py")
     if batch != (5,) and row in ("lrp", "guided", "gradcam") and case_name != "mlp":
         pytest.skip("batch-shape handling is method-independent; checked on the MLP")
+    if batch == () and ROWS[row].min_batch > 1:
+        pytest.skip(f"{row} needs a batch of {ROWS[row].min_batch}")
     td = case.td(batch)
     ours = _products(case, td, method)
     theirs = ROWS[row].captum(case, td)
