@@ -16,6 +16,7 @@ from tensordict import TensorDict
 from rlhook import Method
 from rlhook.attribution import (
     AttributionPatching,
+    Deconvolution,
     FeatureAblation,
     FeaturePermutation,
     GradCAM,
@@ -152,6 +153,7 @@ ROWS: dict[str, Row] = {
         chunk={"chunk_size": 4},
     ),
     "guided": Row(lambda: GuidedBackprop(two)),
+    "deconvolution": Row(lambda: Deconvolution(two)),
     "gradcam": Row(lambda: GradCAM(first, layers="layers.1", channel_dim=-1, spatial_dims=())),
     "occlusion": Row(lambda: Occlusion(two, window=(3,), strides=2), chunk={"chunk_size": 5}),
     "feature_ablation": Row(lambda: FeatureAblation(first), chunk={"chunk_size": 6}),

@@ -5,7 +5,7 @@ from rlhook.attribution.base import GradientMethod
 from rlhook.attribution.feature_permutation import FeaturePermutation
 from rlhook.attribution.gradcam import GradCAM
 from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
-from rlhook.attribution.guided import GuidedBackprop
+from rlhook.attribution.guided import Deconvolution, GuidedBackprop
 from rlhook.attribution.integrated import IntegratedGradients
 from rlhook.attribution.lime import KernelShap, Lime
 from rlhook.attribution.lrp import LRP, Composite, MergeBatchNorm
@@ -18,6 +18,7 @@ from rlhook.attribution.shapley import ShapleyValues, ShapleyValueSampling
 __all__ = [
     "AttributionPatching",
     "Composite",
+    "Deconvolution",
     "ExpectedGradients",
     "FeatureAblation",
     "FeaturePermutation",

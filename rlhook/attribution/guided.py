@@ -1,4 +1,6 @@
-"""Guided Backpropagation (Springenberg et al., 2015): only positive gradients flow back through ReLUs."""
+"""Guided Backpropagation (Springenberg et al., 2015): only positive gradients flow back through ReLUs; and
+Deconvolution (Zeiler and Fergus, 2014): ReLUs pass back the positive part of their incoming gradient, ignoring
+their forward mask."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from rlhook.hooks import Hooks
 from rlhook.methods import Prepared
 from rlhook.targets import Target
 
-__all__ = ["GuidedBackprop"]
+__all__ = ["Deconvolution", "GuidedBackprop"]
 
 
 class GuidedBackprop(GradientMethod):
@@ -47,7 +49,11 @@ class GuidedBackprop(GradientMethod):
         for m in relus:
             if getattr(m, "inplace", False):
                 hooks.setattr(m, "inplace", False)
-            hooks.backward_pre(m, _positive_grad)
+            self.hook(hooks, m)
+
+    def hook(self, hooks: Hooks, relu: nn.Module) -> None:
+        """Install the rule on one ReLU module."""
+        hooks.backward_pre(relu, _positive_grad)
 
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         sums = self.input_gradients(hooked, flat, keys)
@@ -55,4 +61,16 @@ class GuidedBackprop(GradientMethod):
 
 
 def _positive_grad(module: nn.Module, grad_output: tuple[torch.Tensor | None, ...]) -> tuple:
+    return tuple(None if g is None else g.clamp(min=0) for g in grad_output)
+
+
+class Deconvolution(GuidedBackprop):
+    """Deconvolution: every ReLU module passes back ``relu(incoming gradient)``, whatever its input was (a
+    full backward hook replaces the ReLU's gradient). Options, errors and products as ``GuidedBackprop``."""
+
+    def hook(self, hooks: Hooks, relu: nn.Module) -> None:
+        hooks.backward(relu, _deconv_grad)
+
+
+def _deconv_grad(module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
     return tuple(None if g is None else g.clamp(min=0) for g in grad_output)

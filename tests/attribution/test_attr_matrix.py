@@ -14,6 +14,7 @@ from tensordict import TensorDict
 
 from rlhook.attribution import (
     AttributionPatching,
+    Deconvolution,
     FeatureAblation,
     FeaturePermutation,
     GradCAM,
@@ -188,6 +189,7 @@ ROWS: dict[str, Row] = {
         random=True,
     ),
     "guided": Row(lambda c: GuidedBackprop(c.target) if c.relu else None, _cap(ca.GuidedBackprop)),
+    "deconvolution": Row(lambda c: Deconvolution(c.target) if c.relu else None, _cap(ca.Deconvolution)),
     "gradcam": Row(lambda c: GradCAM(c.target, layers=c.conv) if c.conv else None, _cap_gradcam),
     "occlusion": Row(
         lambda c: Occlusion(
@@ -285,7 +287,7 @@ def test_agrees_with_captum(row: str, case_name: str, batch: tuple) -> None:
     case, method = _method(row, case_name)
     if ROWS[row].captum is None:
         pytest.skip(f"captum has no {row}; checked against explicit references in test_attr_methods.py")
-    if batch != (5,) and row in ("lrp", "guided", "gradcam") and case_name != "mlp":
+    if batch != (5,) and row in ("lrp", "guided", "deconvolution", "gradcam") and case_name != "mlp":
         pytest.skip("batch-shape handling is method-independent; checked on the MLP")
     if batch == () and ROWS[row].min_batch > 1:
         pytest.skip(f"{row} needs a batch of {ROWS[row].min_batch}")
