@@ -17,6 +17,8 @@ from rlhook import Method
 from rlhook.attribution import (
     AttributionPatching,
     Deconvolution,
+    DeepLift,
+    DeepLiftShap,
     FeatureAblation,
     FeaturePermutation,
     GradCAM,
@@ -154,6 +156,11 @@ ROWS: dict[str, Row] = {
     ),
     "guided": Row(lambda: GuidedBackprop(two)),
     "deconvolution": Row(lambda: Deconvolution(two)),
+    "deeplift": Row(lambda: DeepLift(two, delta=True), chunk={"chunk_size": 4}),
+    "deeplift_shap": Row(
+        lambda: DeepLiftShap(first, baselines=torch.linspace(-1, 1, 48, dtype=torch.float64).reshape(3, 16)),
+        chunk={"chunk_size": 5},
+    ),
     "gradcam": Row(lambda: GradCAM(first, layers="layers.1", channel_dim=-1, spatial_dims=())),
     "occlusion": Row(lambda: Occlusion(two, window=(3,), strides=2), chunk={"chunk_size": 5}),
     "feature_ablation": Row(lambda: FeatureAblation(first), chunk={"chunk_size": 6}),

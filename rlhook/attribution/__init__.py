@@ -2,6 +2,7 @@
 
 from rlhook.attribution.attribution_patching import AttributionPatching
 from rlhook.attribution.base import GradientMethod
+from rlhook.attribution.deeplift import DeepLift, DeepLiftShap
 from rlhook.attribution.feature_permutation import FeaturePermutation
 from rlhook.attribution.gradcam import GradCAM
 from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
@@ -19,6 +20,8 @@ __all__ = [
     "AttributionPatching",
     "Composite",
     "Deconvolution",
+    "DeepLift",
+    "DeepLiftShap",
     "ExpectedGradients",
     "FeatureAblation",
     "FeaturePermutation",

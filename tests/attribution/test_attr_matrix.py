@@ -15,6 +15,8 @@ from tensordict import TensorDict
 from rlhook.attribution import (
     AttributionPatching,
     Deconvolution,
+    DeepLift,
+    DeepLiftShap,
     FeatureAblation,
     FeaturePermutation,
     GradCAM,
@@ -100,6 +102,14 @@ def _cap_shap(case: Case, td: TensorDict) -> tuple:
             target=case.captum_target,
             additional_forward_args=case.extra(td) or None,
         )
+
+
+def _cap_deeplift_shap(case: Case, td: TensorDict) -> tuple:
+    refs = _reference_set(case)
+    out = ca.DeepLiftShap(case.captum_forward).attribute(
+        flat_inputs(case, td), baselines=tuple(refs[k] for k in case.keys()), target=case.captum_target
+    )
+    return out if isinstance(out, tuple) else (out,)
 
 
 def _cap_gradcam(case: Case, td: TensorDict) -> tuple:
@@ -190,6 +200,10 @@ ROWS: dict[str, Row] = {
     ),
     "guided": Row(lambda c: GuidedBackprop(c.target) if c.relu else None, _cap(ca.GuidedBackprop)),
     "deconvolution": Row(lambda c: Deconvolution(c.target) if c.relu else None, _cap(ca.Deconvolution)),
+    "deeplift": Row(lambda c: DeepLift(c.target) if c.relu else None, _cap(ca.DeepLift)),
+    "deeplift_shap": Row(
+        lambda c: DeepLiftShap(c.target, baselines=_reference_set(c)) if c.relu else None, _cap_deeplift_shap
+    ),
     "gradcam": Row(lambda c: GradCAM(c.target, layers=c.conv) if c.conv else None, _cap_gradcam),
     "occlusion": Row(
         lambda c: Occlusion(
