@@ -24,6 +24,7 @@ from rlhook.attribution import (
     GradCAM,
     GradientSHAP,
     GuidedBackprop,
+    GuidedGradCAM,
     InputXGradient,
     IntegratedGradients,
     KernelShap,
@@ -162,6 +163,10 @@ ROWS: dict[str, Row] = {
         chunk={"chunk_size": 5},
     ),
     "gradcam": Row(lambda: GradCAM(first, layers="layers.1", channel_dim=-1, spatial_dims=())),
+    "gradcam_channels": Row(
+        lambda: GradCAM(two, layers="layers.1", channel_dim=-1, spatial_dims=(), sum_channels=False)
+    ),
+    "guided_gradcam": Row(lambda: GuidedGradCAM(two, layers="layers.0", channel_dim=-1, spatial_dims=())),
     "occlusion": Row(lambda: Occlusion(two, window=(3,), strides=2), chunk={"chunk_size": 5}),
     "feature_ablation": Row(lambda: FeatureAblation(first), chunk={"chunk_size": 6}),
     "shapley_sampling": Row(lambda: ShapleyValueSampling(two, n_samples=2), chunk={"chunk_size": 7}),

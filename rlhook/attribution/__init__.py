@@ -7,6 +7,7 @@ from rlhook.attribution.feature_permutation import FeaturePermutation
 from rlhook.attribution.gradcam import GradCAM
 from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
 from rlhook.attribution.guided import Deconvolution, GuidedBackprop
+from rlhook.attribution.guided_gradcam import GuidedGradCAM
 from rlhook.attribution.integrated import IntegratedGradients
 from rlhook.attribution.lime import KernelShap, Lime
 from rlhook.attribution.lrp import LRP, Composite, MergeBatchNorm
@@ -29,6 +30,7 @@ __all__ = [
     "GradCAM",
     "GradientSHAP",
     "GuidedBackprop",
+    "GuidedGradCAM",
     "InputXGradient",
     "IntegratedGradients",
     "KernelShap",

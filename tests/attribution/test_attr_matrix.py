@@ -22,6 +22,7 @@ from rlhook.attribution import (
     GradCAM,
     GradientSHAP,
     GuidedBackprop,
+    GuidedGradCAM,
     InputXGradient,
     IntegratedGradients,
     KernelShap,
@@ -205,6 +206,20 @@ ROWS: dict[str, Row] = {
         lambda c: DeepLiftShap(c.target, baselines=_reference_set(c)) if c.relu else None, _cap_deeplift_shap
     ),
     "gradcam": Row(lambda c: GradCAM(c.target, layers=c.conv) if c.conv else None, _cap_gradcam),
+    "gradcam_channels": Row(
+        lambda c: GradCAM(c.target, layers=c.conv, sum_channels=False, relu=False) if c.conv else None,
+        lambda c, td: (
+            ca.LayerGradCam(c.captum_forward, c.model.get_submodule(c.conv)).attribute(
+                flat_inputs(c, td), target=c.captum_target, attr_dim_summation=False
+            ),
+        ),
+    ),
+    "guided_gradcam": Row(
+        lambda c: GuidedGradCAM(c.target, layers=c.conv) if c.conv else None,
+        lambda c, td: ca.GuidedGradCam(c.captum_forward, c.model.get_submodule(c.conv)).attribute(
+            flat_inputs(c, td), target=c.captum_target
+        ),
+    ),
     "occlusion": Row(
         lambda c: Occlusion(
             c.target,
@@ -291,7 +306,8 @@ def _method(row: str, case_name: str) -> tuple[Case, object]:
 
 
 def _map_keys(case: Case, row: str) -> list:
-    return {"gradcam": [case.conv], "attribution_patching": [case.layer]}.get(row, case.keys())
+    layers = {"gradcam": [case.conv], "gradcam_channels": [case.conv], "attribution_patching": [case.layer]}
+    return layers.get(row, case.keys())
 
 
 @pytest.mark.parametrize("batch", [(5,), (2, 3), ()], ids=["b5", "b2x3", "b0"])
@@ -301,7 +317,11 @@ def test_agrees_with_captum(row: str, case_name: str, batch: tuple) -> None:
     case, method = _method(row, case_name)
     if ROWS[row].captum is None:
         pytest.skip(f"captum has no {row}; checked against explicit references in test_attr_methods.py")
-    if batch != (5,) and row in ("lrp", "guided", "deconvolution", "gradcam") and case_name != "mlp":
+    if (
+        batch != (5,)
+        and row in ("lrp", "guided", "deconvolution", "gradcam", "gradcam_channels", "guided_gradcam")
+        and case_name != "mlp"
+    ):
         pytest.skip("batch-shape handling is method-independent; checked on the MLP")
     if batch == () and ROWS[row].min_batch > 1:
         pytest.skip(f"{row} needs a batch of {ROWS[row].min_batch}")
