@@ -28,7 +28,9 @@ from rlhook.attribution import (
     InputXGradient,
     IntegratedGradients,
     KernelShap,
+    LayerConductance,
     Lime,
+    Neuron,
     NoiseTunnel,
     Occlusion,
     PerturbationSaliency,
@@ -144,6 +146,15 @@ ROWS: dict[str, Row] = {
     "layer_ig": Row(
         lambda: IntegratedGradients(first, n_steps=4, layers="layers.0"), chunk={"chunk_size": 5}
     ),
+    "layer_ig_input": Row(
+        lambda: IntegratedGradients(first, n_steps=4, layers="layers.1", layer_input=True),
+        chunk={"chunk_size": 5},
+    ),
+    "neuron_ig": Row(
+        lambda: IntegratedGradients(Neuron("layers.1", [3, 5]), n_steps=4), chunk={"chunk_size": 7}
+    ),
+    "neuron_ablation": Row(lambda: FeatureAblation(Neuron("layers.0", 2)), chunk={"chunk_size": 6}),
+    "conductance": Row(lambda: LayerConductance(two, n_steps=4, layers="layers.1"), chunk={"chunk_size": 7}),
     "noise_tunnel": Row(lambda: NoiseTunnel(Saliency(first), n_samples=3, stdev=0.2), per_example=False),
     "smoothgrad": Row(
         lambda: SmoothGrad(two, n_samples=3, stdev=0.2, kind="vargrad"),

@@ -2,6 +2,7 @@
 
 from rlhook.attribution.attribution_patching import AttributionPatching
 from rlhook.attribution.base import GradientMethod
+from rlhook.attribution.conductance import LayerConductance
 from rlhook.attribution.deeplift import DeepLift, DeepLiftShap
 from rlhook.attribution.feature_permutation import FeaturePermutation
 from rlhook.attribution.gradcam import GradCAM
@@ -11,6 +12,7 @@ from rlhook.attribution.guided_gradcam import GuidedGradCAM
 from rlhook.attribution.integrated import IntegratedGradients
 from rlhook.attribution.lime import KernelShap, Lime
 from rlhook.attribution.lrp import LRP, Composite, MergeBatchNorm
+from rlhook.attribution.neuron import Neuron
 from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from rlhook.attribution.occlusion import FeatureAblation, Occlusion
 from rlhook.attribution.perturbation import PerturbationSaliency
@@ -35,8 +37,10 @@ __all__ = [
     "IntegratedGradients",
     "KernelShap",
     "LRP",
+    "LayerConductance",
     "Lime",
     "MergeBatchNorm",
+    "Neuron",
     "NoiseTunnel",
     "Occlusion",
     "PerturbationSaliency",

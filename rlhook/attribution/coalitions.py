@@ -46,4 +46,4 @@ def coalition_values(
     def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
         return evaluate(target, out, batch_dims=1)
 
-    return perturbation_scores(hooked, flat, n_coalitions, perturb, score, chunk_size)
+    return perturbation_scores(hooked, flat, n_coalitions, perturb, score, chunk_size, target)

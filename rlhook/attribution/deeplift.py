@@ -10,7 +10,7 @@ from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torch import nn
 
-from rlhook.attribution.base import GradientMethod, baselines, gradients
+from rlhook.attribution.base import GradientMethod, baselines, gradients, target_forward
 from rlhook.hooks import Hooks
 from rlhook.methods import Prepared
 from rlhook.targets import Target, evaluate
@@ -137,8 +137,10 @@ class DeepLift(GradientMethod):
         for k in keys:
             ref.set(k, bs[k])
         with torch.no_grad():
-            f_x = evaluate(self.options.target, hooked.model_forward(sub.clone(False)), batch_dims=1)
-            f_b = evaluate(self.options.target, hooked.model_forward(ref), batch_dims=1)
+            f_x = evaluate(
+                self.options.target, target_forward(hooked, sub.clone(False), self.options.target), 1
+            )
+            f_b = evaluate(self.options.target, target_forward(hooked, ref, self.options.target), 1)
         return {t: f_x[t] - f_b[t] for t in f_x}
 
 

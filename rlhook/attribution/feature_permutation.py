@@ -6,6 +6,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
+from rlhook.attribution.base import target_forward
 from rlhook.attribution.features import FeatureMask, feature_positions, spread
 from rlhook.attribution.occlusion import PerturbationMethod, perturbation_scores
 from rlhook.methods import Prepared
@@ -58,7 +59,9 @@ class FeaturePermutation(PerturbationMethod):
         source = torch.stack(perms).to(ids.device)  # (F, B): example whose values example b takes
         xs = {k: flat.get(k) for k in keys}
         with torch.no_grad():
-            f_x = evaluate(self.options.target, hooked.model_forward(flat.clone(False)), batch_dims=1)
+            f_x = evaluate(
+                self.options.target, target_forward(hooked, flat.clone(False), self.options.target), 1
+            )
 
         def perturb(rows: TensorDictBase, p: torch.Tensor, ex: torch.Tensor) -> None:
             src = source[p, ex]
@@ -70,5 +73,7 @@ class FeaturePermutation(PerturbationMethod):
         def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
             return {t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, batch_dims=1).items()}
 
-        diffs = perturbation_scores(hooked, flat, len(ids), perturb, score, self.options.chunk_size)
+        diffs = perturbation_scores(
+            hooked, flat, len(ids), perturb, score, self.options.chunk_size, self.options.target
+        )
         return {t: spread(d.t(), position) for t, d in diffs.items()}

@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod, gradients
+from rlhook.attribution.base import GradientMethod, gradients, target_forward
 from rlhook.attribution.noise_tunnel import draw_noise
 from rlhook.methods import Prepared, check_count
 from rlhook.targets import Target, evaluate
@@ -181,7 +181,7 @@ class GradientSHAP(GradientMethod):
         for k in keys:
             rows.set(k, torch.cat([flat.get(k), base(k, steps, exs)]))
         with torch.no_grad():
-            scores = evaluate(self.options.target, hooked.model_forward(rows), batch_dims=1)
+            scores = evaluate(self.options.target, target_forward(hooked, rows, self.options.target), 1)
         for t, v in scores.items():
             f_x, f_b = v[:n_ex], v[n_ex:].reshape(n, n_ex).mean(0)
             total = sum(result[t][k].reshape(n_ex, -1).sum(-1) for k in keys)

@@ -15,7 +15,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod, baselines
+from rlhook.attribution.base import GradientMethod, baselines, target_forward
 from rlhook.attribution.features import FeatureMask, as_dict, feature_positions, spread
 from rlhook.methods import Prepared
 from rlhook.targets import Target, evaluate
@@ -36,9 +36,11 @@ def perturbation_scores(
     perturb: Perturb,
     score: Score,
     chunk_size: int | None = None,
+    target: Target | None = None,
 ) -> dict[str | None, torch.Tensor]:
     """``{target name: (n_perturb, B)}``: ``score`` of every perturbation of every example. Rows (perturbation
-    ``p``, example ``ex``) are ordered ``p * B + ex`` and run ``chunk_size`` at a time, without gradients."""
+    ``p``, example ``ex``) are ordered ``p * B + ex`` and run ``chunk_size`` at a time, without gradients.
+    ``target``: the target ``score`` evaluates (its ``Neuron`` module outputs are saved in each forward)."""
     n_ex = flat.batch_size[0]
     n_rows = n_perturb * n_ex
     size = n_rows if chunk_size is None else chunk_size
@@ -50,7 +52,7 @@ def perturbation_scores(
             p, ex = rows_i // n_ex, rows_i % n_ex
             rows = flat[ex]
             perturb(rows, p, ex)
-            for t, v in score(hooked.model_forward(rows), ex).items():
+            for t, v in score(target_forward(hooked, rows, target), ex).items():
                 if t not in result:
                     result[t] = v.new_zeros(n_rows)
                 result[t][rows_i] = v
@@ -75,7 +77,9 @@ class PerturbationMethod(GradientMethod):
         base = baselines(flat, keys)
         xs = {k: flat.get(k) for k in keys}
         with torch.no_grad():
-            f_x = evaluate(self.options.target, hooked.model_forward(flat.clone(False)), batch_dims=1)
+            f_x = evaluate(
+                self.options.target, target_forward(hooked, flat.clone(False), self.options.target), 1
+            )
 
         def perturb(rows: TensorDictBase, p: torch.Tensor, ex: torch.Tensor) -> None:
             for k in keys:
@@ -86,7 +90,9 @@ class PerturbationMethod(GradientMethod):
         def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
             return {t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, batch_dims=1).items()}
 
-        return perturbation_scores(hooked, flat, n_perturb, perturb, score, self.options.chunk_size)
+        return perturbation_scores(
+            hooked, flat, n_perturb, perturb, score, self.options.chunk_size, self.options.target
+        )
 
 
 class FeatureAblation(PerturbationMethod):

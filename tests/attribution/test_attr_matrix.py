@@ -26,6 +26,7 @@ from rlhook.attribution import (
     InputXGradient,
     IntegratedGradients,
     KernelShap,
+    LayerConductance,
     Lime,
     NoiseTunnel,
     Occlusion,
@@ -39,15 +40,11 @@ from rlhook.attribution.gradient_shap import shap_draws
 from rlhook.attribution.lrp import LRP, Composite, Epsilon, Norm
 from rlhook.attribution.lrp.composite import POOLING
 from rlhook.attribution.noise_tunnel import draw_noise
+from tests.attribution import captum_layers as cl
 from tests.attribution import captum_perturbation as cp
 from tests.attribution.attr_cases import CASES, Case, captum_noise, captum_shap_draws, flat_inputs
 
 N_NT, STDEV, SEED = 4, 0.3, 5
-
-
-def _reference_set(case: Case) -> dict:
-    gen = torch.Generator().manual_seed(11)
-    return {k: torch.randn(3, *s, generator=gen, dtype=torch.float64) for k, s in case.shapes.items()}
 
 
 @dataclass
@@ -91,7 +88,7 @@ def _cap_nt(case: Case, td: TensorDict) -> tuple:
 
 def _cap_shap(case: Case, td: TensorDict) -> tuple:
     xs = flat_inputs(case, td)
-    refs = _reference_set(case)
+    refs = cl.reference_set(case)
     index, alpha = shap_draws(xs[0].shape[0], N_NT, 3, SEED, torch.float64)
     noise = draw_noise(dict(zip(case.keys(), xs)), N_NT, STDEV, SEED)
     with captum_noise(noise, case.keys()), captum_shap_draws(index, alpha):
@@ -103,14 +100,6 @@ def _cap_shap(case: Case, td: TensorDict) -> tuple:
             target=case.captum_target,
             additional_forward_args=case.extra(td) or None,
         )
-
-
-def _cap_deeplift_shap(case: Case, td: TensorDict) -> tuple:
-    refs = _reference_set(case)
-    out = ca.DeepLiftShap(case.captum_forward).attribute(
-        flat_inputs(case, td), baselines=tuple(refs[k] for k in case.keys()), target=case.captum_target
-    )
-    return out if isinstance(out, tuple) else (out,)
 
 
 def _cap_gradcam(case: Case, td: TensorDict) -> tuple:
@@ -182,6 +171,22 @@ ROWS: dict[str, Row] = {
         _cap(ca.IntegratedGradients, n_steps=8),
         tol=1e-7,  # captum casts the quadrature weights to float32
     ),
+    "layer_ig_input": Row(
+        lambda c: (
+            IntegratedGradients(c.target, n_steps=8, layers=c.layer, layer_input=True) if c.relu else None
+        ),
+        lambda c, td: cl.layer(ca.LayerIntegratedGradients, c, td, n_steps=8),
+        tol=1e-7,
+    ),
+    "conductance": Row(
+        lambda c: LayerConductance(c.target, n_steps=8, layers=c.layer) if c.relu else None,
+        lambda c, td: cl.layer(ca.LayerConductance, c, td, n_steps=8, attribute_to_layer_input=False),
+        tol=1e-7,
+    ),
+    "ixg_layer_input": Row(
+        lambda c: InputXGradient(c.target, layers=c.layer, layer_input=True, inputs=[]) if c.relu else None,
+        lambda c, td: cl.layer(ca.LayerGradientXActivation, c, td),
+    ),
     "nt_vargrad": Row(
         lambda c: NoiseTunnel(
             Saliency(c.target, abs=False), kind="vargrad", n_samples=N_NT, stdev=STDEV, seed=SEED
@@ -195,7 +200,9 @@ ROWS: dict[str, Row] = {
         random=True,
     ),
     "gradient_shap": Row(
-        lambda c: GradientSHAP(c.target, n_samples=N_NT, stdev=STDEV, seed=SEED, baselines=_reference_set(c)),
+        lambda c: GradientSHAP(
+            c.target, n_samples=N_NT, stdev=STDEV, seed=SEED, baselines=cl.reference_set(c)
+        ),
         _cap_shap,
         random=True,
     ),
@@ -203,22 +210,15 @@ ROWS: dict[str, Row] = {
     "deconvolution": Row(lambda c: Deconvolution(c.target) if c.relu else None, _cap(ca.Deconvolution)),
     "deeplift": Row(lambda c: DeepLift(c.target) if c.relu else None, _cap(ca.DeepLift)),
     "deeplift_shap": Row(
-        lambda c: DeepLiftShap(c.target, baselines=_reference_set(c)) if c.relu else None, _cap_deeplift_shap
+        lambda c: DeepLiftShap(c.target, baselines=cl.reference_set(c)) if c.relu else None, cl.deeplift_shap
     ),
     "gradcam": Row(lambda c: GradCAM(c.target, layers=c.conv) if c.conv else None, _cap_gradcam),
     "gradcam_channels": Row(
         lambda c: GradCAM(c.target, layers=c.conv, sum_channels=False, relu=False) if c.conv else None,
-        lambda c, td: (
-            ca.LayerGradCam(c.captum_forward, c.model.get_submodule(c.conv)).attribute(
-                flat_inputs(c, td), target=c.captum_target, attr_dim_summation=False
-            ),
-        ),
+        cl.gradcam_channels,
     ),
     "guided_gradcam": Row(
-        lambda c: GuidedGradCAM(c.target, layers=c.conv) if c.conv else None,
-        lambda c, td: ca.GuidedGradCam(c.captum_forward, c.model.get_submodule(c.conv)).attribute(
-            flat_inputs(c, td), target=c.captum_target
-        ),
+        lambda c: GuidedGradCAM(c.target, layers=c.conv) if c.conv else None, cl.guided_gradcam
     ),
     "occlusion": Row(
         lambda c: Occlusion(
@@ -306,7 +306,8 @@ def _method(row: str, case_name: str) -> tuple[Case, object]:
 
 
 def _map_keys(case: Case, row: str) -> list:
-    layers = {"gradcam": [case.conv], "gradcam_channels": [case.conv], "attribution_patching": [case.layer]}
+    on_layer = ("attribution_patching", "layer_ig_input", "ixg_layer_input", "conductance")
+    layers = {"gradcam": [case.conv], "gradcam_channels": [case.conv]} | {r: [case.layer] for r in on_layer}
     return layers.get(row, case.keys())
 
 
