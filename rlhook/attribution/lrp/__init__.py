@@ -10,9 +10,13 @@ from rlhook.attribution.lrp.rules import (
     Gamma,
     Norm,
     Pass,
+    ReLUBetaSmooth,
+    ReLUDeconvNet,
+    ReLUGuidedBackprop,
     Residual,
     Rule,
     WSquare,
+    ZBox,
     ZPlus,
 )
 
@@ -27,9 +31,13 @@ __all__ = [
     "MergeBatchNorm",
     "Norm",
     "Pass",
+    "ReLUBetaSmooth",
+    "ReLUDeconvNet",
+    "ReLUGuidedBackprop",
     "Residual",
     "Rule",
     "Sum",
     "WSquare",
+    "ZBox",
     "ZPlus",
 ]
