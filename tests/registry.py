@@ -83,6 +83,19 @@ def two(out: TensorDict) -> TensorDict:
     return TensorDict({"a": out["output"][..., 1], "b": out["output"][..., 2]}, out.batch_size)
 
 
+def count(out: TensorDict) -> torch.Tensor:
+    """An integer-valued target (perturbation methods accept it)."""
+    return (out["output"] > 0).sum(-1)
+
+
+def reference_set(td: TensorDict) -> torch.Tensor:
+    """Callable GradientSHAP baselines: made from the batch."""
+    return (
+        0.5 * td["input"].mean(0, keepdim=True).expand(3, -1)
+        + torch.arange(3.0, dtype=td["input"].dtype)[:, None]
+    )
+
+
 def boom(out: TensorDict) -> torch.Tensor:
     raise Boom("in the user's target")
 
@@ -166,6 +179,11 @@ ROWS: dict[str, Row] = {
         per_example=False,
         chunk={"chunk_size": 4},
     ),
+    "gradient_shap_callable": Row(
+        lambda: GradientSHAP(first, n_samples=3, baselines=reference_set),
+        per_example=False,
+        chunk={"chunk_size": 4},
+    ),
     "guided": Row(lambda: GuidedBackprop(two)),
     "deconvolution": Row(lambda: Deconvolution(two)),
     "deeplift": Row(lambda: DeepLift(two, delta=True), chunk={"chunk_size": 4}),
@@ -180,6 +198,7 @@ ROWS: dict[str, Row] = {
     "guided_gradcam": Row(lambda: GuidedGradCAM(two, layers="layers.0", channel_dim=-1, spatial_dims=())),
     "occlusion": Row(lambda: Occlusion(two, window=(3,), strides=2), chunk={"chunk_size": 5}),
     "feature_ablation": Row(lambda: FeatureAblation(first), chunk={"chunk_size": 6}),
+    "ablation_int_target": Row(lambda: FeatureAblation(count), chunk={"chunk_size": 6}),
     "shapley_sampling": Row(lambda: ShapleyValueSampling(two, n_samples=2), chunk={"chunk_size": 7}),
     "shapley_exact": Row(
         lambda: ShapleyValues(first, feature_mask=torch.arange(16) // 4), chunk={"chunk_size": 5}

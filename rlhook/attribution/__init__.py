@@ -9,6 +9,7 @@ from rlhook.attribution.gradcam import GradCAM
 from rlhook.attribution.gradient_shap import ExpectedGradients, GradientSHAP
 from rlhook.attribution.guided import Deconvolution, GuidedBackprop
 from rlhook.attribution.guided_gradcam import GuidedGradCAM
+from rlhook.attribution.inputs import set_baselines
 from rlhook.attribution.integrated import IntegratedGradients
 from rlhook.attribution.lime import KernelShap, Lime
 from rlhook.attribution.lrp import LRP, Composite, MergeBatchNorm
@@ -50,4 +51,5 @@ __all__ = [
     "SmoothGrad",
     "SmoothGradSquared",
     "VarGrad",
+    "set_baselines",
 ]

@@ -44,6 +44,6 @@ def coalition_values(
             rows.set(k, torch.where(keep, xs[k][ex], base[k][ex]))
 
     def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
-        return evaluate(target, out, batch_dims=1)
+        return evaluate(target, out, batch_dims=1, floating=False)
 
     return perturbation_scores(hooked, flat, n_coalitions, perturb, score, chunk_size, target)

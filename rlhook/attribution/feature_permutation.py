@@ -60,7 +60,10 @@ class FeaturePermutation(PerturbationMethod):
         xs = {k: flat.get(k) for k in keys}
         with torch.no_grad():
             f_x = evaluate(
-                self.options.target, target_forward(hooked, flat.clone(False), self.options.target), 1
+                self.options.target,
+                target_forward(hooked, flat.clone(False), self.options.target),
+                1,
+                floating=False,
             )
 
         def perturb(rows: TensorDictBase, p: torch.Tensor, ex: torch.Tensor) -> None:
@@ -71,7 +74,9 @@ class FeaturePermutation(PerturbationMethod):
                 rows.set(k, torch.where(hit, xs[k][src], xs[k][ex]))
 
         def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
-            return {t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, batch_dims=1).items()}
+            return {
+                t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, 1, floating=False).items()
+            }
 
         diffs = perturbation_scores(
             hooked, flat, len(ids), perturb, score, self.options.chunk_size, self.options.target

@@ -78,7 +78,10 @@ class PerturbationMethod(GradientMethod):
         xs = {k: flat.get(k) for k in keys}
         with torch.no_grad():
             f_x = evaluate(
-                self.options.target, target_forward(hooked, flat.clone(False), self.options.target), 1
+                self.options.target,
+                target_forward(hooked, flat.clone(False), self.options.target),
+                1,
+                floating=False,
             )
 
         def perturb(rows: TensorDictBase, p: torch.Tensor, ex: torch.Tensor) -> None:
@@ -88,7 +91,9 @@ class PerturbationMethod(GradientMethod):
                     rows.set(k, torch.where(m.bool(), base[k][ex], xs[k][ex]))
 
         def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
-            return {t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, batch_dims=1).items()}
+            return {
+                t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, 1, floating=False).items()
+            }
 
         return perturbation_scores(
             hooked, flat, n_perturb, perturb, score, self.options.chunk_size, self.options.target
