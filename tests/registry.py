@@ -169,6 +169,10 @@ ROWS: dict[str, Row] = {
     "neuron_ablation": Row(lambda: FeatureAblation(Neuron("layers.0", 2)), chunk={"chunk_size": 6}),
     "conductance": Row(lambda: LayerConductance(two, n_steps=4, layers="layers.1"), chunk={"chunk_size": 7}),
     "noise_tunnel": Row(lambda: NoiseTunnel(Saliency(first), n_samples=3, stdev=0.2), per_example=False),
+    "noise_tunnel_delta": Row(
+        lambda: NoiseTunnel(IntegratedGradients(first, n_steps=4), n_samples=3, stdev=0.2, delta=True),
+        per_example=False,
+    ),
     "smoothgrad": Row(
         lambda: SmoothGrad(two, n_samples=3, stdev=0.2, kind="vargrad"),
         per_example=False,

@@ -140,7 +140,8 @@ class GradientMethod(Method):
                 value = value.reshape(*batch, *value.shape[1:]) if len(batch) != 1 else value
                 td.set(self.key("attr", None if name is SINGLE else name, k), value.detach())
         for name, d in (deltas or {}).items():
-            td.set(self.key("delta", None if name is SINGLE else name), d.reshape(batch).detach())
+            d = d.reshape(*batch, *d.shape[1:])  # one gap per example, or per example and noisy copy
+            td.set(self.key("delta", None if name is SINGLE else name), d.detach())
 
     def attribute(
         self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]
