@@ -39,7 +39,7 @@ from rlhook.attribution import (
     ShapleyValueSampling,
     SmoothGrad,
 )
-from rlhook.attribution.lrp import LRP
+from rlhook.attribution.lrp import LRP, Composite, ReLUBetaSmooth, ZBox
 from rlhook.latent import (
     TCAV,
     ActivationAddition,
@@ -215,6 +215,9 @@ ROWS: dict[str, Row] = {
     "perturbation": Row(lambda: PerturbationSaliency(first), chunk={"chunk_size": 5}),
     "attribution_patching": Row(lambda: AttributionPatching(two, layers=r"layers\.\d")),
     "lrp": Row(lambda: LRP(two)),
+    "lrp_zbox_smooth": Row(
+        lambda: LRP(first, composite=Composite([(torch.nn.ReLU, ReLUBetaSmooth(5.0))], rule=ZBox(-4.0, 4.0)))
+    ),
     "caching": Row(
         lambda: ActivationCaching(r"layers\.\d", direction="both", target="output"), callable_attr="target"
     ),
