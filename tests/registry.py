@@ -31,6 +31,7 @@ from rlhook.attribution import (
     LayerConductance,
     Lime,
     Neuron,
+    NeuronConductance,
     NoiseTunnel,
     Occlusion,
     PerturbationSaliency,
@@ -165,6 +166,9 @@ ROWS: dict[str, Row] = {
     ),
     "neuron_ig": Row(
         lambda: IntegratedGradients(Neuron("layers.1", [3, 5]), n_steps=4), chunk={"chunk_size": 7}
+    ),
+    "neuron_conductance": Row(
+        lambda: NeuronConductance(two, neuron=Neuron("layers.1", 4), n_steps=4), chunk={"chunk_size": 7}
     ),
     "neuron_ablation": Row(lambda: FeatureAblation(Neuron("layers.0", 2)), chunk={"chunk_size": 6}),
     "conductance": Row(lambda: LayerConductance(two, n_steps=4, layers="layers.1"), chunk={"chunk_size": 7}),

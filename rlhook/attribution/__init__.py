@@ -2,7 +2,7 @@
 
 from rlhook.attribution.attribution_patching import AttributionPatching
 from rlhook.attribution.base import GradientMethod
-from rlhook.attribution.conductance import LayerConductance
+from rlhook.attribution.conductance import LayerConductance, NeuronConductance
 from rlhook.attribution.deeplift import DeepLift, DeepLiftShap
 from rlhook.attribution.feature_permutation import FeaturePermutation
 from rlhook.attribution.gradcam import GradCAM
@@ -42,6 +42,7 @@ __all__ = [
     "Lime",
     "MergeBatchNorm",
     "Neuron",
+    "NeuronConductance",
     "NoiseTunnel",
     "Occlusion",
     "PerturbationSaliency",

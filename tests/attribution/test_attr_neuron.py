@@ -14,6 +14,7 @@ from rlhook.attribution import (
     GuidedBackprop,
     IntegratedGradients,
     Neuron,
+    NeuronConductance,
     Saliency,
     ShapleyValueSampling,
 )
@@ -100,3 +101,21 @@ def test_neuron_errors_name_the_problem() -> None:
         Neuron(layer, 1.5)
     with pytest.raises(KeyError, match="neuron"):
         Neuron(layer, 0)(TensorDict({"output": x}, [2]))
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("rule", ["riemann_left", "riemann_middle", "riemann_trapezoid"])
+def test_neuron_conductance_agrees_with_captum(model: str, rule: str) -> None:
+    m, x, layer, unit = _setup(model)
+    if model == "cnn":
+        unit = (2, 1, 1)  # a unit that is active on these inputs
+    n = 8
+    got = _ours(NeuronConductance(T0, neuron=Neuron(layer, unit), n_steps=n, rule=rule, chunk_size=9), m, x)
+    ref = ca.NeuronConductance(m, m.get_submodule(layer)).attribute(x, unit, target=0, n_steps=n, method=rule)
+    scale = (n - 1) / n if rule == "riemann_trapezoid" else 1.0  # captum's trapezoid steps sum to (n-1)/n
+    assert ref.abs().max() > 1e-6
+    torch.testing.assert_close(got * scale, ref.to(DT), rtol=1e-6, atol=1e-9)  # captum: float32 step sizes
+
+
+def T0(out: TensorDict) -> torch.Tensor:
+    return out["output"][..., 0]
