@@ -12,9 +12,13 @@ from rlhook.attribution.lrp.rules import (
     Gamma,
     Norm,
     Pass,
+    ReLUBetaSmooth,
+    ReLUDeconvNet,
+    ReLUGuidedBackprop,
     Residual,
     Rule,
     WSquare,
+    ZBox,
     ZPlus,
 )
 
@@ -30,10 +34,14 @@ __all__ = [
     "MergeBatchNorm",
     "Norm",
     "Pass",
+    "ReLUBetaSmooth",
+    "ReLUDeconvNet",
+    "ReLUGuidedBackprop",
     "Residual",
     "Rule",
     "Sum",
     "WSquare",
+    "ZBox",
     "ZPlus",
     "top_examples",
 ]
