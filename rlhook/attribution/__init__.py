@@ -10,6 +10,7 @@ from rlhook.attribution.lrp import LRP, Composite, MergeBatchNorm
 from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from rlhook.attribution.occlusion import FeatureAblation, Occlusion
 from rlhook.attribution.perturbation import PerturbationSaliency
+from rlhook.attribution.relevance_patching import RelevancePatching
 from rlhook.attribution.saliency import InputXGradient, Saliency
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "NoiseTunnel",
     "Occlusion",
     "PerturbationSaliency",
+    "RelevancePatching",
     "Saliency",
     "SmoothGrad",
     "SmoothGradSquared",

@@ -15,12 +15,15 @@ from rlhook.attribution.lrp.rules import (
     WSquare,
     ZPlus,
 )
+from rlhook.attribution.lrp.transformer import ConstantAttention, ConstantNormScale
 
 __all__ = [
     "LRP",
     "AlphaBeta",
     "Canonizer",
     "Composite",
+    "ConstantAttention",
+    "ConstantNormScale",
     "Epsilon",
     "Flat",
     "Gamma",
