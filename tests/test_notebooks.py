@@ -12,8 +12,14 @@ pytest.importorskip("ipykernel")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-NEEDS = {"chess.ipynb": ("chess", "matplotlib")}
-WRITES = {"chess.ipynb": ("hanging_queen_saliency.png", "hanging_queen_lrp.png", "probes.png", "net.pb.gz")}
+NEEDS = {
+    "chess.ipynb": ("chess", "matplotlib"),
+    "language_circuits.ipynb": ("transformers", "matplotlib", "scipy"),
+}
+WRITES = {
+    "chess.ipynb": ("hanging_queen_saliency.png", "hanging_queen_lrp.png", "probes.png", "net.pb.gz"),
+    "language_circuits.ipynb": ("heads.png", "correlation.png"),
+}
 
 
 def test_there_are_notebooks():

@@ -177,10 +177,17 @@ class TokenLogitDiff:
 
 class NextTokenLoss:
     """Mean next-token cross-entropy of each sequence (masked tokens left out), shape ``(B,)``; ``positions``
-    restricts it to the predictions made at those positions (e.g. the second half of a repeated sequence)."""
+    restricts it to the predictions made at those positions (e.g. the second half of a repeated sequence),
+    ``weights`` names a key of per-prediction weights ``(B, T - 1)`` (e.g. where a repeat makes the next token
+    predictable)."""
 
-    def __init__(self, positions: Sequence[int] | None = None, key: NestedKey = "logits") -> None:
-        self.positions, self.key = positions, key
+    def __init__(
+        self,
+        positions: Sequence[int] | None = None,
+        key: NestedKey = "logits",
+        weights: NestedKey | None = None,
+    ) -> None:
+        self.positions, self.key, self.weights = positions, key, weights
 
     def __call__(self, out: TensorDictBase) -> torch.Tensor:
         logits = get_key(out, self.key, what="logits")[:, :-1]
@@ -191,6 +198,8 @@ class NextTokenLoss:
             keep = torch.zeros_like(weight)
             keep[:, list(self.positions)] = 1
             weight = weight * keep
+        if self.weights is not None:
+            weight = weight * get_key(out, self.weights, what="loss weights").to(weight.dtype)
         nll = -torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         return (nll * weight).sum(-1) / weight.sum(-1).clamp(min=1)
 
