@@ -206,6 +206,12 @@ def test_targets_against_hf_loss_and_logits(ids, one_thread):
     for b in range(3):
         ref = model(input_ids=ids[b : b + 1], labels=ids[b : b + 1], use_cache=False).loss
         torch.testing.assert_close(per_seq[b], ref)
+    weights = torch.zeros(3, 5)
+    weights[:, 2:4] = 1  # only the predictions made at positions 2 and 3
+    weighted = NextTokenLoss(weights="w")(out.clone().set("w", weights))
+    torch.testing.assert_close(weighted, NextTokenLoss(positions=[2, 3])(out))
+    nll = -torch.log_softmax(logits[:, 2:4], -1).gather(-1, ids[:, 3:5, None]).squeeze(-1)
+    torch.testing.assert_close(weighted, nll.mean(-1))
     mask = torch.ones_like(ids)
     mask[0, 4:] = 0  # right padding: the "last token" of sequence 0 is at position 3
     padded = lm(token_batch(ids, mask))

@@ -16,7 +16,7 @@ __all__ = ["RelevancePatching"]
 
 class RelevancePatching(AttributionPatching):
     """``(a_patched - a_clean) * r`` where ``r`` is the gradient of the target through the model rewritten by
-    ``rules`` (e.g. ``[ConstantNormScale(), ConstantAttention("blocks.\\\\d+.attn.pattern")]``): the LRP
+    ``rules`` (e.g. ``[ConstantNormScale(), ConstantAttention(pattern_paths)]``): the LRP
     relevance per unit of activation. Same options, reads and products as ``AttributionPatching``; with no
     rules it *is* attribution patching. The rules hold for the ``prepare`` block (forward values unchanged).
     """
