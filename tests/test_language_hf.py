@@ -240,3 +240,34 @@ def test_adapter_errors_name_the_fix():
         token_batch(torch.zeros(3, dtype=torch.long))
     assert "blocks.0.attn.hook_pattern" not in hook_points(_gpt2("sdpa"))  # sdpa never forms the pattern
     assert isinstance(hooked_lm(_gpt2()), HookedModule)
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_constant_attention_on_hf_models(arch, ids, one_thread):
+    """Swapping the attention function keeps every logit, stops the gradient through queries and keys (only
+    the values carry it) and restores the model's own attention implementation afterwards."""
+    from rlhook.attribution.lrp import ConstantAttention, ConstantNormScale
+    from rlhook.hooks import Hooks
+
+    model = MODELS[arch]("sdpa")
+    want = model(input_ids=ids, use_cache=False).logits
+    attn = model.get_submodule(hook_points(model)["blocks.0.hook_attn_out"].split("@")[0])
+    grads = {}
+    for name, rules in (("plain", []), ("constant", [ConstantAttention(), ConstantNormScale()])):
+        with Hooks() as hooks:
+            for rule in rules:
+                rule.apply(model, hooks)
+            if rules:
+                assert model.config._attn_implementation == "rlhook_constant_attention"
+            model.zero_grad()
+            logits = model(input_ids=ids, use_cache=False).logits
+            torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-4)
+            logits[:, -1, 3].sum().backward()
+        q = attn.c_attn.weight.grad[:, :16] if arch == "gpt2" else attn.q_proj.weight.grad
+        v = attn.c_attn.weight.grad[:, 32:] if arch == "gpt2" else attn.v_proj.weight.grad
+        grads[name] = tuple(0.0 if g is None else g.abs().max().item() for g in (q, v))  # None: no path
+    assert grads["plain"][0] > 1e-4 and grads["constant"][0] == 0 and grads["constant"][1] > 1e-4
+    assert model.config._attn_implementation == "sdpa" and hook_count(model) == 0
+    model.zero_grad()
+    with pytest.raises(TypeError, match="Hugging Face models"), Hooks() as hooks:
+        ConstantAttention().apply(torch.nn.Linear(2, 2), hooks)

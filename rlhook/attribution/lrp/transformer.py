@@ -8,7 +8,9 @@ relevance ``sum(a * grad)`` at any residual-stream site equals the target.
 - ``ConstantNormScale``: a LayerNorm / RMSNorm divides by a scale computed from its input; treating that
   scale as a constant makes the norm linear (``y = (x - mean) * gamma / sigma + beta``, ``sigma`` fixed).
 - ``ConstantAttention``: attention probabilities (the output of the module at ``paths`` that forms them)
-  treated as constants, so relevance flows through the values only (``z = A v``, ``A`` fixed).
+  treated as constants, so relevance flows through the values only (``z = A v``, ``A`` fixed). Without
+  ``paths`` on a Hugging Face model, its attention function is swapped for the block for an eager one that
+  holds the probabilities constant (the config's ``_attn_implementation`` is restored on exit).
 
 ``RelevancePatching`` (``rlhook.attribution``) is attribution patching with these relevances in place of
 plain gradients.
@@ -23,10 +25,11 @@ import torch
 from torch import nn
 
 from rlhook.attribution.lrp.canonizers import Canonizer
+from rlhook.extras import require
 from rlhook.hooks import Hooks
 from rlhook.paths import Path, resolve
 
-__all__ = ["ConstantNormScale", "ConstantAttention"]
+__all__ = ["ConstantNormScale", "ConstantAttention", "HF_NAME"]
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -73,14 +76,63 @@ def _constant_scale(module: nn.Module, args: tuple, output: Any) -> torch.Tensor
 
 class ConstantAttention(Canonizer):
     """The outputs of the modules at ``paths`` (the ones that return attention probabilities) treated as
-    constants: relevance flows through the attention values, not through the queries and keys."""
+    constants: relevance flows through the attention values, not through the queries and keys. ``paths=None``
+    on a Hugging Face model (anything with a ``config._attn_implementation``) does it inside every attention
+    module through the model's attention-function registry."""
 
-    def __init__(self, paths: Path | Sequence[Path]) -> None:
+    def __init__(self, paths: Path | Sequence[Path] | None = None) -> None:
         self.paths = paths
 
     def apply(self, model: nn.Module, hooks: Hooks) -> None:
+        if self.paths is None:
+            config = getattr(model, "config", None)
+            if not hasattr(config, "_attn_implementation"):
+                raise TypeError(
+                    f"ConstantAttention() without paths works on Hugging Face models; {type(model).__name__} has "
+                    "no config._attn_implementation: pass the paths of the modules that return attention "
+                    "probabilities"
+                )
+            _register_hf()
+            hooks.setattr(config, "_attn_implementation", HF_NAME)
+            return
         for _, module in resolve(model, self.paths):
             hooks.forward(module, _detached)
+
+
+#: the name under which the constant-probability attention is registered with ``transformers``
+HF_NAME = "rlhook_constant_attention"
+
+
+def _register_hf() -> None:
+    transformers = require("transformers", "nlp")
+    from transformers.masking_utils import eager_mask
+
+    transformers.AttentionInterface.register(HF_NAME, _constant_probability_attention)
+    transformers.AttentionMaskInterface.register(HF_NAME, eager_mask)
+
+
+def _constant_probability_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention ``(B, H, T, d)`` -> ``((B, T, H, d), probabilities)`` with the probabilities detached
+    (grouped key/value heads repeated, an additive mask as HF's eager mask gives it)."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = query @ key.transpose(-1, -2) * scale
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    probs = scores.softmax(-1, dtype=torch.float32).to(value.dtype).detach()
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    return (probs @ value).transpose(1, 2).contiguous(), probs
 
 
 def _detached(module: nn.Module, args: tuple, output: Any) -> Any:
