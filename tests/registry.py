@@ -25,10 +25,11 @@ from rlhook.attribution import (
     NoiseTunnel,
     Occlusion,
     PerturbationSaliency,
+    RelevancePatching,
     Saliency,
     SmoothGrad,
 )
-from rlhook.attribution.lrp import LRP
+from rlhook.attribution.lrp import LRP, ConstantNormScale
 from rlhook.latent import (
     TCAV,
     ActivationAddition,
@@ -152,6 +153,9 @@ ROWS: dict[str, Row] = {
     "feature_ablation": Row(lambda: FeatureAblation(first), chunk={"chunk_size": 6}),
     "perturbation": Row(lambda: PerturbationSaliency(first), chunk={"chunk_size": 5}),
     "attribution_patching": Row(lambda: AttributionPatching(two, layers=r"layers\.\d")),
+    "relevance_patching": Row(
+        lambda: RelevancePatching(two, layers=r"layers\.\d", rules=[ConstantNormScale()])
+    ),
     "lrp": Row(lambda: LRP(two)),
     "caching": Row(
         lambda: ActivationCaching(r"layers\.\d", direction="both", target="output"), callable_attr="target"
