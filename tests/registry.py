@@ -35,12 +35,13 @@ from rlhook.attribution import (
     NoiseTunnel,
     Occlusion,
     PerturbationSaliency,
+    RelevancePatching,
     Saliency,
     ShapleyValues,
     ShapleyValueSampling,
     SmoothGrad,
 )
-from rlhook.attribution.lrp import LRP, Composite, ConceptRelevance, ReLUBetaSmooth, ZBox
+from rlhook.attribution.lrp import LRP, Composite, ConceptRelevance, ConstantNormScale, ReLUBetaSmooth, ZBox
 from rlhook.latent import (
     TCAV,
     ActivationAddition,
@@ -218,6 +219,9 @@ ROWS: dict[str, Row] = {
     ),
     "perturbation": Row(lambda: PerturbationSaliency(first), chunk={"chunk_size": 5}),
     "attribution_patching": Row(lambda: AttributionPatching(two, layers=r"layers\.\d")),
+    "relevance_patching": Row(
+        lambda: RelevancePatching(two, layers=r"layers\.\d", rules=[ConstantNormScale()])
+    ),
     "lrp": Row(lambda: LRP(two)),
     "crp": Row(
         lambda: ConceptRelevance(two, layer="layers.1", concepts=[0, [1, 2], 5]), chunk={"chunk_size": 4}

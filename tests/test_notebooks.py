@@ -12,7 +12,11 @@ pytest.importorskip("ipykernel")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-NEEDS = {"chess.ipynb": ("chess", "matplotlib"), "vision_concepts.ipynb": ("matplotlib", "sklearn", "scipy")}
+NEEDS = {
+    "chess.ipynb": ("chess", "matplotlib"),
+    "vision_concepts.ipynb": ("matplotlib", "sklearn", "scipy"),
+    "language_circuits.ipynb": ("transformers", "matplotlib", "scipy"),
+}
 WRITES = {
     "chess.ipynb": ("hanging_queen_saliency.png", "hanging_queen_lrp.png", "probes.png", "net.pb.gz"),
     "vision_concepts.ipynb": (
@@ -23,6 +27,7 @@ WRITES = {
         "tcav.png",
         "ablation.png",
     ),
+    "language_circuits.ipynb": ("heads.png", "correlation.png"),
 }
 
 

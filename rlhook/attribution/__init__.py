@@ -17,6 +17,7 @@ from rlhook.attribution.neuron import Neuron
 from rlhook.attribution.noise_tunnel import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from rlhook.attribution.occlusion import FeatureAblation, Occlusion
 from rlhook.attribution.perturbation import PerturbationSaliency
+from rlhook.attribution.relevance_patching import RelevancePatching
 from rlhook.attribution.saliency import InputXGradient, Saliency
 from rlhook.attribution.shapley import ShapleyValues, ShapleyValueSampling
 
@@ -47,6 +48,7 @@ __all__ = [
     "NoiseTunnel",
     "Occlusion",
     "PerturbationSaliency",
+    "RelevancePatching",
     "Saliency",
     "ShapleyValueSampling",
     "ShapleyValues",

@@ -273,8 +273,12 @@ def gradients(
                     set_layer(run, hooked, (name, module), _layer_points(points, name, step, ex))
                 saved[name] = save_layer(run, hooked, (name, module))
         acts = run.collect(saved)
-        for name, act in acts.items():
-            if not isinstance(act, torch.Tensor):
+        for name, act in list(acts.items()):
+            if (
+                not isinstance(act, torch.Tensor) and name in hooked.optional
+            ):  # a structure a pattern selected
+                del acts[name]
+            elif not isinstance(act, torch.Tensor):
                 raise TypeError(
                     f"layer {name!r} gives a {type(act).__name__}; layer attribution needs a tensor: name an "
                     f"element of the output, e.g. '{elements.first_of(name)}'"

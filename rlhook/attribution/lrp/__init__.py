@@ -21,6 +21,7 @@ from rlhook.attribution.lrp.rules import (
     ZBox,
     ZPlus,
 )
+from rlhook.attribution.lrp.transformer import ConstantAttention, ConstantNormScale
 
 __all__ = [
     "LRP",
@@ -28,6 +29,8 @@ __all__ = [
     "Canonizer",
     "Composite",
     "ConceptRelevance",
+    "ConstantAttention",
+    "ConstantNormScale",
     "Epsilon",
     "Flat",
     "Gamma",
