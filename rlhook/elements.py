@@ -8,6 +8,7 @@ tuples and lists, names index dicts)::
     "lstm@1.0"      its final hidden state h
     "attn@0"        the attention output of an HF attention module
     "block@hidden_states"
+    "attn.o_proj@input.0"   positional input 0 of the module (e.g. per-head outputs before a projection)
 
 Every method that captures or replaces module outputs (caching, patching, steering, layer attribution,
 probes, ``Recorder``) goes through ``Run``, which reads and writes elements with ``select``/``replace``;
@@ -19,11 +20,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SEP", "Element", "split", "parse", "select", "replace", "describe", "first_of"]
+__all__ = [
+    "SEP",
+    "INPUT",
+    "Element",
+    "split",
+    "parse",
+    "select",
+    "replace",
+    "describe",
+    "first_of",
+    "of_input",
+]
 
 #: separates a module path from its element
 SEP = "@"
 Element = tuple[int | str, ...]
+#: an element starting with this name, then an index, means a positional *input* of the module
+INPUT = "input"
+
+
+def of_input(element: Element) -> tuple[int, Element] | None:
+    """``(index, rest)`` when ``element`` names positional input ``index`` (``("input", 0, ...)``), else
+    ``None``."""
+    if len(element) >= 2 and element[0] == INPUT and isinstance(element[1], int):
+        return element[1], element[2:]
+    if element[:1] == (INPUT,):
+        raise ValueError(f"'{SEP}{INPUT}' needs the index of the input after it, e.g. 'proj{SEP}{INPUT}.0'")
+    return None
 
 
 def parse(text: str) -> Element:

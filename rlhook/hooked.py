@@ -14,7 +14,7 @@ from torch import nn
 
 from rlhook.hooks import Hooks
 from rlhook.keys import MissingKeyError, get_key, remember_given
-from rlhook.paths import Path, resolve, resolve_one
+from rlhook.paths import Path, patterned, resolve, resolve_one
 from rlhook.run import Run
 
 __all__ = ["HookedModule", "MissingKeyError", "get_key"]
@@ -33,6 +33,11 @@ class HookedModule(TensorDictModuleBase):
         out_keys: for a plain module, where outputs go (default ``["output"]``): a tensor goes to the first key,
             a tuple to the keys in order, a dict output to ``{name: td_key}`` (or, with the default, to
             ``("output", name)``). For a TensorDict module, the outputs methods look at (default: its own).
+        constants: keyword arguments passed to every forward of a plain module, e.g. ``{"use_cache": False}``
+            for a Hugging Face model (kept when the hooked module is wrapped again, as methods do).
+
+    ``optional`` holds the names that ``resolve`` found through a *pattern* (a regex): a run reports those that
+    never ran (a ``ModuleList``, a dropout skipped in eval) with a ``NeverRanWarning`` instead of failing.
 
     Calling it with a TensorDict of any batch shape writes the outputs into that TensorDict and returns it.
     Plain modules see the batch dimensions flattened into one when there are several. It is itself a
@@ -44,10 +49,13 @@ class HookedModule(TensorDictModuleBase):
         model: nn.Module,
         in_keys: Sequence[NestedKey] | Mapping[NestedKey, str] | None = None,
         out_keys: Sequence[NestedKey] | Mapping[str | int, NestedKey] | None = None,
+        *,
+        constants: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         default_out = out_keys is None
         if isinstance(model, HookedModule):
+            constants = model.constants if constants is None else constants
             in_keys = model._in_spec if in_keys is None else in_keys
             default_out = default_out and model._default_out
             out_keys = model._out_spec if out_keys is None else out_keys
@@ -58,6 +66,12 @@ class HookedModule(TensorDictModuleBase):
             )
         self.model = model
         self.is_td_module = isinstance(model, TensorDictModuleBase)
+        if constants and self.is_td_module:
+            raise TypeError(
+                "constants=... are forward kwargs of a plain module; a TensorDict module reads a TensorDict"
+            )
+        self.constants: dict[str, Any] = dict(constants or {})
+        self.optional: set[str] = set()
         if self.is_td_module:
             in_keys = list(model.in_keys) if in_keys is None else in_keys
             out_keys = list(model.out_keys) if out_keys is None else out_keys
@@ -83,8 +97,10 @@ class HookedModule(TensorDictModuleBase):
     # -- paths ---------------------------------------------------------------------------------------------
     def resolve(self, path: Path | Sequence[Path]) -> list[tuple[str, nn.Module]]:
         """``[(name, module)]`` for a path (or paths) relative to the wrapped model (an element suffix such
-        as ``"lstm@0"`` stays on the name)."""
-        return resolve(self.model, path)
+        as ``"lstm@0"`` stays on the name). Names a pattern selected are added to ``optional``."""
+        found = resolve(self.model, path)
+        self.optional |= patterned(self.model, path)
+        return found
 
     def resolve_one(self, path: Path) -> tuple[str, nn.Module]:
         """``(name, module)`` for a path that must name exactly one module."""
@@ -113,7 +129,7 @@ class HookedModule(TensorDictModuleBase):
         batch = td.batch_size
         flat = len(batch) > 1
         n = math.prod(batch)
-        args, kwargs = [], {}
+        args, kwargs = [], dict(self.constants)
         for key in self.in_keys:
             value = get_key(td, key)
             if flat and isinstance(value, torch.Tensor):

@@ -26,7 +26,7 @@ from torch import nn
 
 from rlhook import elements
 
-__all__ = ["Path", "PathError", "resolve", "resolve_one", "canonical"]
+__all__ = ["Path", "PathError", "resolve", "resolve_one", "canonical", "patterned"]
 
 Path = str | re.Pattern | nn.Module
 
@@ -147,6 +147,24 @@ def resolve_one(model: nn.Module, path: Path) -> tuple[str, nn.Module]:
             "needed here: use a dotted path or a narrower regex"
         )
     return matches[0]
+
+
+def patterned(model: nn.Module, path: Path | Iterable[Path]) -> set[str]:
+    """The names that ``resolve(model, path)`` gives which a *pattern* selected (a regex, compiled or a string
+    that is not a dotted path of the model), as opposed to modules named one by one: a run reports modules
+    of the first kind that never ran instead of failing (``Run.collect``)."""
+    paths = [path] if isinstance(path, str | re.Pattern | nn.Module) else list(path)
+    names: set[str] = set()
+    for p in paths:
+        base = elements.split(p)[0]
+        if isinstance(base, nn.Module):
+            continue
+        if isinstance(base, str):
+            parts = _parse(base)
+            if parts is not None and any(_walk(root, parts) is not None for _, root in _roots(model)):
+                continue
+        names.update(name for name, _ in _resolve_single(model, p))
+    return names
 
 
 def _resolve_single(model: nn.Module, path: Path) -> list[tuple[str, nn.Module]]:

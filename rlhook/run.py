@@ -17,6 +17,7 @@ Where a method needs a module it has already resolved, it passes the ``(name, mo
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +34,15 @@ from rlhook.targets import Target, evaluate
 if TYPE_CHECKING:
     from rlhook.hooked import HookedModule
 
-__all__ = ["Run", "Site", "Value", "grad_inputs", "unflatten"]
+__all__ = ["NeverRanWarning", "Run", "Site", "Value", "grad_inputs", "unflatten"]
 
 #: a module already resolved by ``HookedModule.resolve``: ``(name, module)``; the name may end in an element
 Site = tuple[str, nn.Module]
 Value = "torch.Tensor | Callable[[Any], Any] | Proxy"
+
+
+class NeverRanWarning(UserWarning):
+    """Modules that a pattern selected gave no value in a run (``Run.skipped`` lists them)."""
 
 
 class _Stop(Exception):
@@ -111,6 +116,8 @@ class Run:
         self.output: TensorDictBase | None = None
         self.done = False
         self.stopped = False
+        #: names a pattern selected that gave no value in the last ``collect`` (reported, not fatal)
+        self.skipped: list[str] = []
 
     def _declare(self, kind: str, module: nn.Module, fn: Callable[..., Any]) -> None:
         if self._lasting is not None:
@@ -137,9 +144,20 @@ class Run:
 
     # -- declarations ----------------------------------------------------------------------------------------
     def save(self, path: Path | Site, *, call: int = -1, detach: bool = False) -> Proxy:
-        """The output (or its element) of the module at ``path``."""
+        """The output (or its element) of the module at ``path``; ``"proj@input.0"`` means its input 0."""
         name, module, element = self._site(path)
         proxy = self._proxy(Proxy(self, name, "output", call))
+        inp = elements.of_input(element)
+        if inp is not None:
+            index, rest = inp
+            where = f"input {index} of {name!r}"
+
+            def pre(mod: nn.Module, args: Any) -> None:
+                value = elements.select(args[index], rest, where)
+                proxy.record(value.detach() if detach and isinstance(value, torch.Tensor) else value)
+
+            self._declare("forward_pre", module, pre)
+            return proxy
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
             value = elements.select(output, element, f"output of {name!r}")
@@ -165,6 +183,10 @@ class Run:
         proxy's value."""
         name, module, element = self._site(path)
         where = f"output of {name!r}"
+        inp = elements.of_input(element)
+        if inp is not None:
+            self._set_input(name, module, inp[0], inp[1], value)
+            return
 
         def hook(mod: nn.Module, args: Any, output: Any) -> Any:
             current = elements.select(output, element, where)
@@ -175,6 +197,11 @@ class Run:
     def set_input(self, path: Path | Site, value: Value, *, index: int = 0) -> None:
         """Replace positional input ``index`` (or its element) of the module at ``path``."""
         name, module, element = self._site(path)
+        self._set_input(name, module, index, element, value)
+
+    def _set_input(
+        self, name: str, module: nn.Module, index: int, element: elements.Element, value: Value
+    ) -> None:
         where = f"input {index} of {name!r}"
 
         def hook(mod: nn.Module, args: tuple) -> tuple:
@@ -196,6 +223,8 @@ class Run:
     def set_grad(self, path: Path | Site, value: Value) -> None:
         """Replace the gradient flowing back out of the module's output (tensor, ``value(grad)`` or proxy)."""
         name, module, element = self._site(path)
+        if elements.of_input(element) is not None:
+            raise ValueError(f"set_grad on {name!r}: name the output of the module that makes that input")
         self._needs_grad = True
         run = self
 
@@ -224,14 +253,29 @@ class Run:
     # -- results ---------------------------------------------------------------------------------------------
     def collect(self, proxies: Mapping[str, Proxy], *, batched: bool = False) -> dict[str, Any]:
         """``{name: proxy.resolve()}``; one error names every module that never ran. With ``batched``,
-        activations are reshaped to the TensorDict's batch shape (see ``unflatten``)."""
+        activations are reshaped to the TensorDict's batch shape (see ``unflatten``).
+
+        Modules a pattern selected (``hooked.optional``: a regex matching a ``ModuleList`` or a dropout that
+        does not run in eval) are left out instead, listed in ``skipped`` and reported by a
+        ``NeverRanWarning``; it is an error still when no module at all gave a value, and always for a module
+        named one by one."""
         missing = [name for name, p in proxies.items() if not p.fired]
-        if missing:
+        optional = getattr(self.hooked, "optional", set())
+        fatal = [name for name in missing if name not in optional]
+        if fatal or (missing and len(missing) == len(proxies)):
             raise ProxyError(
-                f"modules {missing} never ran during the forward (unused, called functionally, or skipped); "
-                "check the paths"
+                f"modules {fatal or missing} never ran during the forward (unused, called functionally, or "
+                "skipped); check the paths"
             )
-        values = {name: p.resolve() for name, p in proxies.items()}
+        self.skipped = missing
+        if missing:
+            warnings.warn(
+                f"{len(missing)} module(s) the path pattern selected gave no value and are left out: {missing} "
+                "(containers such as ModuleList never run; dropouts may be skipped in eval)",
+                NeverRanWarning,
+                stacklevel=3,
+            )
+        values = {name: p.resolve() for name, p in proxies.items() if p.fired}
         return {n: unflatten(v, self.td.batch_size) for n, v in values.items()} if batched else values
 
     def clear(self) -> None:
@@ -278,13 +322,18 @@ class Run:
     def _backward(self, out: TensorDictBase) -> None:
         scores = evaluate(self._target, out)
         total = sum(v.sum() for v in scores.values())
-        acts = [a.current() for _, a in self._grad_saves if a.fired]
+        # structured outputs have no gradient of their own (name a tensor element); constants get zeros
+        tensors = [
+            (p, a.current()) for p, a in self._grad_saves if a.fired and isinstance(a.current(), torch.Tensor)
+        ]
         if not total.requires_grad:
             raise RuntimeError("the backward target does not depend on anything that requires grad")
-        if not acts:  # set_grad alone changes nothing observable
+        wrt = [(p, a) for p, a in tensors if a.requires_grad]
+        for proxy, act in tensors:
+            if not act.requires_grad:
+                proxy.record(torch.zeros_like(act))
+        if not wrt:  # set_grad alone changes nothing observable
             return
-        grads = iter(torch.autograd.grad(total, acts, allow_unused=True))
-        for proxy, act in self._grad_saves:
-            if act.fired:
-                g = next(grads)
-                proxy.record(torch.zeros_like(act.current()) if g is None else g)
+        grads = torch.autograd.grad(total, [a for _, a in wrt], allow_unused=True)
+        for (proxy, act), g in zip(wrt, grads):
+            proxy.record(torch.zeros_like(act) if g is None else g)

@@ -16,19 +16,32 @@ from tensordict import TensorDict
 from rlhook import Method
 from rlhook.attribution import (
     AttributionPatching,
+    Deconvolution,
+    DeepLift,
+    DeepLiftShap,
     FeatureAblation,
+    FeaturePermutation,
     GradCAM,
     GradientSHAP,
     GuidedBackprop,
+    GuidedGradCAM,
     InputXGradient,
     IntegratedGradients,
+    KernelShap,
+    LayerConductance,
+    Lime,
+    Neuron,
+    NeuronConductance,
     NoiseTunnel,
     Occlusion,
     PerturbationSaliency,
+    RelevancePatching,
     Saliency,
+    ShapleyValues,
+    ShapleyValueSampling,
     SmoothGrad,
 )
-from rlhook.attribution.lrp import LRP
+from rlhook.attribution.lrp import LRP, Composite, ConceptRelevance, ConstantNormScale, ReLUBetaSmooth, ZBox
 from rlhook.latent import (
     TCAV,
     ActivationAddition,
@@ -70,6 +83,19 @@ def first(out: TensorDict) -> torch.Tensor:
 
 def two(out: TensorDict) -> TensorDict:
     return TensorDict({"a": out["output"][..., 1], "b": out["output"][..., 2]}, out.batch_size)
+
+
+def count(out: TensorDict) -> torch.Tensor:
+    """An integer-valued target (perturbation methods accept it)."""
+    return (out["output"] > 0).sum(-1)
+
+
+def reference_set(td: TensorDict) -> torch.Tensor:
+    """Callable GradientSHAP baselines: made from the batch."""
+    return (
+        0.5 * td["input"].mean(0, keepdim=True).expand(3, -1)
+        + torch.arange(3.0, dtype=td["input"].dtype)[:, None]
+    )
 
 
 def boom(out: TensorDict) -> torch.Tensor:
@@ -135,7 +161,23 @@ ROWS: dict[str, Row] = {
     "layer_ig": Row(
         lambda: IntegratedGradients(first, n_steps=4, layers="layers.0"), chunk={"chunk_size": 5}
     ),
+    "layer_ig_input": Row(
+        lambda: IntegratedGradients(first, n_steps=4, layers="layers.1", layer_input=True),
+        chunk={"chunk_size": 5},
+    ),
+    "neuron_ig": Row(
+        lambda: IntegratedGradients(Neuron("layers.1", [3, 5]), n_steps=4), chunk={"chunk_size": 7}
+    ),
+    "neuron_conductance": Row(
+        lambda: NeuronConductance(two, neuron=Neuron("layers.1", 4), n_steps=4), chunk={"chunk_size": 7}
+    ),
+    "neuron_ablation": Row(lambda: FeatureAblation(Neuron("layers.0", 2)), chunk={"chunk_size": 6}),
+    "conductance": Row(lambda: LayerConductance(two, n_steps=4, layers="layers.1"), chunk={"chunk_size": 7}),
     "noise_tunnel": Row(lambda: NoiseTunnel(Saliency(first), n_samples=3, stdev=0.2), per_example=False),
+    "noise_tunnel_delta": Row(
+        lambda: NoiseTunnel(IntegratedGradients(first, n_steps=4), n_samples=3, stdev=0.2, delta=True),
+        per_example=False,
+    ),
     "smoothgrad": Row(
         lambda: SmoothGrad(two, n_samples=3, stdev=0.2, kind="vargrad"),
         per_example=False,
@@ -146,13 +188,47 @@ ROWS: dict[str, Row] = {
         per_example=False,
         chunk={"chunk_size": 4},
     ),
+    "gradient_shap_callable": Row(
+        lambda: GradientSHAP(first, n_samples=3, baselines=reference_set),
+        per_example=False,
+        chunk={"chunk_size": 4},
+    ),
     "guided": Row(lambda: GuidedBackprop(two)),
+    "deconvolution": Row(lambda: Deconvolution(two)),
+    "deeplift": Row(lambda: DeepLift(two, delta=True), chunk={"chunk_size": 4}),
+    "deeplift_shap": Row(
+        lambda: DeepLiftShap(first, baselines=torch.linspace(-1, 1, 48, dtype=torch.float64).reshape(3, 16)),
+        chunk={"chunk_size": 5},
+    ),
     "gradcam": Row(lambda: GradCAM(first, layers="layers.1", channel_dim=-1, spatial_dims=())),
+    "gradcam_channels": Row(
+        lambda: GradCAM(two, layers="layers.1", channel_dim=-1, spatial_dims=(), sum_channels=False)
+    ),
+    "guided_gradcam": Row(lambda: GuidedGradCAM(two, layers="layers.0", channel_dim=-1, spatial_dims=())),
     "occlusion": Row(lambda: Occlusion(two, window=(3,), strides=2), chunk={"chunk_size": 5}),
     "feature_ablation": Row(lambda: FeatureAblation(first), chunk={"chunk_size": 6}),
+    "ablation_int_target": Row(lambda: FeatureAblation(count), chunk={"chunk_size": 6}),
+    "shapley_sampling": Row(lambda: ShapleyValueSampling(two, n_samples=2), chunk={"chunk_size": 7}),
+    "shapley_exact": Row(
+        lambda: ShapleyValues(first, feature_mask=torch.arange(16) // 4), chunk={"chunk_size": 5}
+    ),
+    "kernel_shap": Row(lambda: KernelShap(two, n_samples=20), chunk={"chunk_size": 6}),
+    "lime": Row(lambda: Lime(first, n_samples=20, alpha=1e-3), chunk={"chunk_size": 6}),
+    "feature_permutation": Row(
+        lambda: FeaturePermutation(two), per_example=False, empty=False, chunk={"chunk_size": 4}
+    ),
     "perturbation": Row(lambda: PerturbationSaliency(first), chunk={"chunk_size": 5}),
     "attribution_patching": Row(lambda: AttributionPatching(two, layers=r"layers\.\d")),
+    "relevance_patching": Row(
+        lambda: RelevancePatching(two, layers=r"layers\.\d", rules=[ConstantNormScale()])
+    ),
     "lrp": Row(lambda: LRP(two)),
+    "crp": Row(
+        lambda: ConceptRelevance(two, layer="layers.1", concepts=[0, [1, 2], 5]), chunk={"chunk_size": 4}
+    ),
+    "lrp_zbox_smooth": Row(
+        lambda: LRP(first, composite=Composite([(torch.nn.ReLU, ReLUBetaSmooth(5.0))], rule=ZBox(-4.0, 4.0)))
+    ),
     "caching": Row(
         lambda: ActivationCaching(r"layers\.\d", direction="both", target="output"), callable_attr="target"
     ),

@@ -14,10 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NEEDS = {
     "chess.ipynb": ("chess", "matplotlib"),
+    "vision_concepts.ipynb": ("matplotlib", "sklearn", "scipy"),
+    "language_circuits.ipynb": ("transformers", "matplotlib", "scipy"),
     "recurrent_pendulum.ipynb": ("torchrl", "mujoco", "sklearn", "matplotlib"),
 }
 WRITES = {
     "chess.ipynb": ("hanging_queen_saliency.png", "hanging_queen_lrp.png", "probes.png", "net.pb.gz"),
+    "vision_concepts.ipynb": (
+        "attributions.png",
+        "concept_relevance.png",
+        "conditional_heatmaps.png",
+        "relevance_maximisation.png",
+        "tcav.png",
+        "ablation.png",
+    ),
+    "language_circuits.ipynb": ("heads.png", "correlation.png"),
     "recurrent_pendulum.ipynb": ("memory_ig_lags.png", "memory_framestack_lags.png"),
 }
 

@@ -44,6 +44,8 @@ def test_python_blocks_run_as_written(capsys):
     assert ns["td"]["attr", "loss_critic", "observation"].shape == (200, 9)
     assert ns["batch"]["rlhook", "module.0.module.act1"].shape == (200, 256)
     assert ns["batch"]["rlhook", "attr", "observation"].shape == (200, 9)
+    assert len(ns["store"]) == 400 and ns["few"]["rlhook", "module.0.module.act1"].shape == (100, 256)
+    assert ns["probe"].coef_.shape == (256, 9) and 0 < ns["cka"] <= 1
     assert ns["out"]["l2", "1"].shape == (2, 8)
     assert "torch.Size([2, 8])" in capsys.readouterr().out
 

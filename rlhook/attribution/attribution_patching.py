@@ -64,7 +64,7 @@ class AttributionPatching(GradientMethod):
             clean[k], dirty[k] = flat.get(k), patched.get(k)
         result: dict = {}
         for t, maps in grads.items():
-            for name in [n for n, _ in layers] + list(keys):
+            for name in [n for n, _ in layers if n in maps and n in dirty] + list(keys):
                 est = (dirty[name] - clean[name]) * maps[name]
                 if self.per == "module":
                     est = est.reshape(est.shape[0], -1).sum(-1)

@@ -5,6 +5,8 @@ Options (``GradientOptions``, set once on every gradient method):
 - ``target``: what is explained (see ``rlhook.targets``); a TensorDict target gives one map per entry.
 - ``inputs``: the input keys attributed to (default: the hooked module's floating ``in_keys``).
 - ``layers``: module paths whose *outputs* are attributed to as well (layer attribution).
+- ``layer_input``: attribute to each layer's first positional *input* instead of its output (captum's
+  ``attribute_to_layer_input``); products keep the layer's name.
 - ``chunk_size``: rows (samples x examples) per forward; bounds memory, results equal unchunked ones.
 - ``batched``: one batched backward for all targets (``is_grads_batched``) instead of one per target;
   ``None`` picks it on CUDA.
@@ -30,7 +32,8 @@ from rlhook.hooks import Hooks
 from rlhook.keys import get_key
 from rlhook.methods import Method, Prepared, check_count
 from rlhook.paths import Path
-from rlhook.run import Site
+from rlhook.proxy import Proxy
+from rlhook.run import Run, Site
 from rlhook.targets import SINGLE, Target, evaluate
 
 __all__ = [
@@ -41,6 +44,9 @@ __all__ = [
     "gradients",
     "flat_view",
     "layer_outputs",
+    "save_layer",
+    "set_layer",
+    "target_forward",
 ]
 
 #: makes the points for a chunk: ``(key, step index per row, example index per row) -> values``
@@ -52,6 +58,7 @@ class GradientOptions:
     target: Target | None = None
     inputs: Sequence[NestedKey] | None = None
     layers: Path | Sequence[Path] | None = None
+    layer_input: bool = False
     chunk_size: int | None = None
     batched: bool | None = None
     key: str = "attr"
@@ -92,6 +99,7 @@ class GradientMethod(Method):
     def setup(self, hooked: Prepared, hooks: Hooks) -> None:
         opts = self.options
         hooked.state.layers = hooked.resolve(opts.layers) if opts.layers is not None else []
+        hooked.state.layer_input = opts.layer_input
 
     def input_keys(self, hooked: Prepared, td: TensorDictBase) -> list[NestedKey]:
         """The attributed input keys: the option, or the floating inputs of the hooked module."""
@@ -132,7 +140,8 @@ class GradientMethod(Method):
                 value = value.reshape(*batch, *value.shape[1:]) if len(batch) != 1 else value
                 td.set(self.key("attr", None if name is SINGLE else name, k), value.detach())
         for name, d in (deltas or {}).items():
-            td.set(self.key("delta", None if name is SINGLE else name), d.reshape(batch).detach())
+            d = d.reshape(*batch, *d.shape[1:])  # one gap per example, or per example and noisy copy
+            td.set(self.key("delta", None if name is SINGLE else name), d.detach())
 
     def attribute(
         self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]
@@ -167,10 +176,43 @@ def flat_view(td: TensorDictBase) -> TensorDictBase:
     return td.reshape(-1) if td.batch_dims > 1 else td.unsqueeze(0)
 
 
+def save_layer(run: Run, hooked: Prepared, site: Site) -> Proxy:
+    """Save the layer's output, or its first input when the method attributes to layer inputs."""
+    return run.save_input(site) if getattr(hooked.state, "layer_input", False) else run.save(site)
+
+
+def set_layer(run: Run, hooked: Prepared, site: Site, value: Callable) -> None:
+    """Replace the layer's output, or its first input when the method attributes to layer inputs."""
+    (run.set_input if getattr(hooked.state, "layer_input", False) else run.set)(site, value)
+
+
+def target_sites(run: Run, target: Target | None) -> dict[str, Proxy]:
+    """Declare saves of the module outputs a target reads (``Neuron``) in ``run``."""
+    return {p: run.save(p) for p in getattr(target, "neuron_paths", ())}
+
+
+def put_target_sites(run: Run, out: TensorDictBase, proxies: dict[str, Proxy]) -> TensorDictBase:
+    """Write the saved module outputs into ``out`` at ``("neuron", path)`` (returned)."""
+    for path, value in run.collect(proxies).items():
+        out.set(("neuron", path), value)
+    return out
+
+
+def target_forward(hooked: Prepared, td: TensorDictBase, target: Target | None) -> TensorDictBase:
+    """The model's outputs on ``td``, with the module outputs a target reads (``Neuron``) at
+    ``("neuron", path)``; a plain forward when it reads none."""
+    if not getattr(target, "neuron_paths", ()):
+        return hooked.model_forward(td)
+    with hooked.run(td) as run:
+        proxies = target_sites(run, target)
+    return put_target_sites(run, run.output, proxies)
+
+
 def layer_outputs(hooked: Prepared, flat: TensorDictBase, layers: Sequence[Site]) -> dict[str, torch.Tensor]:
-    """Outputs (or elements) of the ``layers`` sites on ``flat``, without gradients, shape ``(B, ...)``."""
+    """Outputs (or elements; the inputs with ``layer_input``) of the ``layers`` sites on ``flat``, without
+    gradients, shape ``(B, ...)``."""
     with torch.no_grad(), hooked.run(flat.clone(False)) as run:
-        proxies = {name: run.save((name, module)) for name, module in layers}
+        proxies = {name: save_layer(run, hooked, (name, module)) for name, module in layers}
     return run.collect(proxies)
 
 
@@ -224,19 +266,24 @@ def gradients(
             chunk.set(k, leaf)
             leaves.append(leaf)
         with hooked.run(chunk) as run:
+            sites = target_sites(run, target)
             saved = {}
             for name, module in layers:
                 if patch_layers:  # the layer taken as the input: its output replaced by the path's points
-                    run.set((name, module), _layer_points(points, name, step, ex))
-                saved[name] = run.save((name, module))
+                    set_layer(run, hooked, (name, module), _layer_points(points, name, step, ex))
+                saved[name] = save_layer(run, hooked, (name, module))
         acts = run.collect(saved)
-        for name, act in acts.items():
-            if not isinstance(act, torch.Tensor):
+        for name, act in list(acts.items()):
+            if (
+                not isinstance(act, torch.Tensor) and name in hooked.optional
+            ):  # a structure a pattern selected
+                del acts[name]
+            elif not isinstance(act, torch.Tensor):
                 raise TypeError(
                     f"layer {name!r} gives a {type(act).__name__}; layer attribution needs a tensor: name an "
                     f"element of the output, e.g. '{elements.first_of(name)}'"
                 )
-        scores = evaluate(target, run.output, batch_dims=1)
+        scores = evaluate(target, put_target_sites(run, run.output, sites), batch_dims=1)
         wrt = leaves + list(acts.values())
         names = list(keys) + list(acts)
         grads = _vjps(scores, wrt, batched)

@@ -38,6 +38,8 @@ class GradCAM(GradientMethod):
             first layer interpolated to that input's spatial size and repeated over its channels at
             ``("attr", key)`` (the same shape as the input), for overlays on observations.
         interpolate: the ``F.interpolate`` mode used by ``upsample_to``.
+        sum_channels: sum the weighted channels (Grad-CAM); ``False`` keeps one map per channel,
+            ``w_c A_c`` (the layer output's shape; captum's ``attr_dim_summation=False``).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class GradCAM(GradientMethod):
         relu: bool = True,
         upsample_to: NestedKey | None = None,
         interpolate: str = "bilinear",
+        sum_channels: bool = True,
         **options: object,
     ) -> None:
         super().__init__(target, **options)
@@ -58,7 +61,12 @@ class GradCAM(GradientMethod):
         if not callable(pooling) and pooling not in ("mean", "sum", "max"):
             raise ValueError(f"pooling must be 'mean', 'sum', 'max' or a callable, got {pooling!r}")
         self.channel_dim, self.spatial_dims, self.pooling = channel_dim, spatial_dims, pooling
+        if upsample_to is not None and not sum_channels:
+            raise ValueError(
+                "upsample_to= needs one map per layer: it cannot be combined with sum_channels=False"
+            )
         self.relu, self.upsample_to, self.interpolate = relu, upsample_to, interpolate
+        self.sum_channels = sum_channels
 
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         grads = self.input_gradients(hooked, flat, keys)
@@ -67,7 +75,7 @@ class GradCAM(GradientMethod):
         result: dict = {}
         for t, maps in grads.items():
             for name, _ in layers:
-                result.setdefault(t, {})[name] = self._cam(name, maps[name], acts[name])
+                result.setdefault(t, {})[name] = self.cam(name, maps[name], acts[name])
             if self.upsample_to is not None:
                 result[t][self.upsample_to] = self._upsample(result[t][layers[0][0]], flat)
         return result
@@ -85,7 +93,8 @@ class GradCAM(GradientMethod):
         up = F.interpolate(cam, size=tuple(x.shape[2:]), mode=self.interpolate, **align)
         return up.expand(x.shape)
 
-    def _cam(self, name: str, grad: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    def cam(self, name: str, grad: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """The map of layer ``name`` from its gradient and output (both ``(B, ...)``)."""
         nd = act.dim()
         if nd < 2:
             raise ValueError(
@@ -112,5 +121,5 @@ class GradCAM(GradientMethod):
                 weights = getattr(grad, self.pooling)(dim=dims, keepdim=True)
         else:
             weights = grad
-        cam = (weights * act).sum(dim=c, keepdim=True)
+        cam = (weights * act).sum(dim=c, keepdim=True) if self.sum_channels else weights * act
         return cam.clamp(min=0) if self.relu else cam

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod, gradients
+from rlhook.attribution.base import GradientMethod, gradients, target_forward
 from rlhook.attribution.noise_tunnel import draw_noise
 from rlhook.methods import Prepared, check_count
 from rlhook.targets import Target, evaluate
 
 __all__ = ["GradientSHAP", "ExpectedGradients", "shap_draws"]
 
-Baselines = Literal["batch"] | torch.Tensor | Mapping[NestedKey, torch.Tensor] | None
+Baselines = (
+    Literal["batch"]
+    | torch.Tensor
+    | Mapping[NestedKey, torch.Tensor]
+    | Callable[[TensorDictBase], torch.Tensor | Mapping[NestedKey, torch.Tensor]]
+    | None
+)
 
 
 def shap_draws(
@@ -39,7 +45,8 @@ class GradientSHAP(GradientMethod):
     The baseline distribution of input ``k`` is, in order of precedence:
 
     - ``baselines=`` given here: a tensor ``(S, *k.shape[batch:])`` shared by all examples (a reference
-      set), a ``{key: tensor}`` of those, or ``"batch"`` (the examples of the batch itself: expected
+      set), a ``{key: tensor}`` of those, a callable ``fn(flat batch TensorDict) -> either of those``
+      (captum's callable baselines), or ``"batch"`` (the examples of the batch itself: expected
       gradients over the data);
     - ``("baseline", k)`` in the TensorDict with an extra sample dim after the batch dims,
       ``batch + (S,) + k.shape[batch:]`` (per-example distributions), or without it (one baseline each);
@@ -78,7 +85,7 @@ class GradientSHAP(GradientMethod):
     ) -> None:
         super().__init__(target, **options)
         check_count("n_samples", n_samples)
-        if isinstance(baselines, str) and baselines != "batch":
+        if isinstance(baselines, str) and baselines != "batch":  # a callable is checked when called
             raise ValueError(
                 f"baselines must be a tensor, a dict of tensors, 'batch' or None; got {baselines!r}"
             )
@@ -89,6 +96,12 @@ class GradientSHAP(GradientMethod):
     def _distribution(self, flat: TensorDictBase, keys: list[NestedKey]) -> tuple[dict, bool]:
         """``({key: (S, *feat) shared} or {key: (B, S, *feat) per example}, per_example)``."""
         b = self.baselines
+        if callable(b):  # made from the batch (flattened), e.g. blurred or shuffled copies of the inputs
+            b = b(flat)
+            if not isinstance(b, torch.Tensor | Mapping):
+                raise TypeError(
+                    f"a baselines callable returns a tensor (S, ...) or a dict of them, got {type(b).__name__}"
+                )
         if isinstance(b, str):
             return {k: flat.get(k).detach() for k in keys}, False
         if b is not None:
@@ -181,7 +194,7 @@ class GradientSHAP(GradientMethod):
         for k in keys:
             rows.set(k, torch.cat([flat.get(k), base(k, steps, exs)]))
         with torch.no_grad():
-            scores = evaluate(self.options.target, hooked.model_forward(rows), batch_dims=1)
+            scores = evaluate(self.options.target, target_forward(hooked, rows, self.options.target), 1)
         for t, v in scores.items():
             f_x, f_b = v[:n_ex], v[n_ex:].reshape(n, n_ex).mean(0)
             total = sum(result[t][k].reshape(n_ex, -1).sum(-1) for k in keys)

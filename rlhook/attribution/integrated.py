@@ -10,7 +10,14 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod, baselines, gradients
+from rlhook.attribution.base import (
+    GradientMethod,
+    baselines,
+    gradients,
+    put_target_sites,
+    save_layer,
+    target_sites,
+)
 from rlhook.keys import join
 from rlhook.methods import Prepared, check_count
 from rlhook.targets import Target, evaluate
@@ -161,9 +168,10 @@ class IntegratedGradients(GradientMethod):
         for k in keys:
             both.set(k, torch.cat([flat.get(k), base[k]]))
         with torch.no_grad(), hooked.run(both.clone(False)) as run:
-            saved = {name: run.save((name, module)) for name, module in hooked.state.layers}
+            saved = {name: save_layer(run, hooked, (name, module)) for name, module in hooked.state.layers}
+            sites = target_sites(run, self.options.target)
         store = run.collect(saved)
-        scores = evaluate(self.options.target, run.output, batch_dims=1)
+        scores = evaluate(self.options.target, put_target_sites(run, run.output, sites), batch_dims=1)
         return {
             "f_x": {t: v[:n] for t, v in scores.items()},
             "f_b": {t: v[n:] for t, v in scores.items()},

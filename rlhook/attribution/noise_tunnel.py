@@ -79,6 +79,9 @@ class NoiseTunnel(GradientMethod):
         n_samples: noisy copies per example.
         stdev: noise standard deviation (absolute), or ``{input key: stdev}``.
         seed: seed of the noise generator.
+        delta: keep the wrapped method's gap for every noisy copy (IG's completeness gap, DeepLift's ...),
+            written at ``"attr_delta"`` with shape ``batch + (n_samples,)`` (captum's
+            ``return_convergence_delta``); the wrapped method must be configured to compute it.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class NoiseTunnel(GradientMethod):
         n_samples: int = 8,
         stdev: float | Mapping[NestedKey, float] = 1.0,
         seed: int = 0,
+        delta: bool = False,
     ) -> None:
         if not isinstance(method, GradientMethod):
             raise TypeError(
@@ -98,6 +102,7 @@ class NoiseTunnel(GradientMethod):
             raise TypeError("NoiseTunnel over a NoiseTunnel is not supported; widen stdev instead")
         _check(kind, n_samples)
         self.method, self.kind, self.n_samples, self.stdev, self.seed = method, kind, n_samples, stdev, seed
+        self.delta = delta
         self.options = method.options
         self.set_keys(**method.key_map())
 
@@ -111,7 +116,17 @@ class NoiseTunnel(GradientMethod):
         for k in keys:
             rows.set(k, flat.get(k).repeat_interleave(n, 0) + noise[k].reshape(b * n, *noise[k].shape[2:]))
         products = self.method.attribute(hooked, rows, keys)
-        hooked.state.deltas.clear()  # the wrapped method's gaps are per noisy copy, not per example
+        deltas = hooked.state.deltas  # the wrapped method's gaps are per noisy copy: (B, n) or dropped
+        if self.delta and not deltas:
+            raise ValueError(
+                f"NoiseTunnel(delta=True) needs a wrapped method that computes a gap; {self.method!r} wrote none "
+                "(e.g. IntegratedGradients(delta=True), DeepLift(delta=True))"
+            )
+        for t in list(deltas):
+            if self.delta:
+                deltas[t] = deltas[t].reshape(b, n)
+            else:
+                del deltas[t]
         result: dict = {}
         for t, maps in products.items():
             for k, a in maps.items():

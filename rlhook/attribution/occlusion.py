@@ -15,8 +15,8 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import GradientMethod, baselines
-from rlhook.keys import join
+from rlhook.attribution.base import GradientMethod, baselines, target_forward
+from rlhook.attribution.features import FeatureMask, as_dict, feature_positions, spread
 from rlhook.methods import Prepared
 from rlhook.targets import Target, evaluate
 
@@ -36,9 +36,11 @@ def perturbation_scores(
     perturb: Perturb,
     score: Score,
     chunk_size: int | None = None,
+    target: Target | None = None,
 ) -> dict[str | None, torch.Tensor]:
     """``{target name: (n_perturb, B)}``: ``score`` of every perturbation of every example. Rows (perturbation
-    ``p``, example ``ex``) are ordered ``p * B + ex`` and run ``chunk_size`` at a time, without gradients."""
+    ``p``, example ``ex``) are ordered ``p * B + ex`` and run ``chunk_size`` at a time, without gradients.
+    ``target``: the target ``score`` evaluates (its ``Neuron`` module outputs are saved in each forward)."""
     n_ex = flat.batch_size[0]
     n_rows = n_perturb * n_ex
     size = n_rows if chunk_size is None else chunk_size
@@ -50,7 +52,7 @@ def perturbation_scores(
             p, ex = rows_i // n_ex, rows_i % n_ex
             rows = flat[ex]
             perturb(rows, p, ex)
-            for t, v in score(hooked.model_forward(rows), ex).items():
+            for t, v in score(target_forward(hooked, rows, target), ex).items():
                 if t not in result:
                     result[t] = v.new_zeros(n_rows)
                 result[t][rows_i] = v
@@ -75,28 +77,27 @@ class PerturbationMethod(GradientMethod):
         base = baselines(flat, keys)
         xs = {k: flat.get(k) for k in keys}
         with torch.no_grad():
-            f_x = evaluate(self.options.target, hooked.model_forward(flat.clone(False)), batch_dims=1)
+            f_x = evaluate(
+                self.options.target,
+                target_forward(hooked, flat.clone(False), self.options.target),
+                1,
+                floating=False,
+            )
 
         def perturb(rows: TensorDictBase, p: torch.Tensor, ex: torch.Tensor) -> None:
             for k in keys:
                 m = mask(k, p, ex)
-                if m is not None:
-                    m = m.to(xs[k].dtype)
-                    rows.set(k, xs[k][ex] * (1 - m) + base[k][ex] * m)
+                if m is not None:  # a where, not a blend: boolean and integer inputs are ablated too
+                    rows.set(k, torch.where(m.bool(), base[k][ex], xs[k][ex]))
 
         def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
-            return {t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, batch_dims=1).items()}
+            return {
+                t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, 1, floating=False).items()
+            }
 
-        return perturbation_scores(hooked, flat, n_perturb, perturb, score, self.options.chunk_size)
-
-
-def _as_dict(value: object, keys: list[NestedKey], what: str) -> dict:
-    if isinstance(value, Mapping):
-        missing = [k for k in keys if k not in value]
-        if missing:
-            raise KeyError(f"{what} has no entry for inputs {missing}; it has {list(value)}")
-        return {k: value[k] for k in keys}
-    return {k: value for k in keys}
+        return perturbation_scores(
+            hooked, flat, n_perturb, perturb, score, self.options.chunk_size, self.options.target
+        )
 
 
 class FeatureAblation(PerturbationMethod):
@@ -119,68 +120,21 @@ class FeatureAblation(PerturbationMethod):
         self,
         target: Target | None = None,
         *,
-        feature_mask: torch.Tensor | Mapping[NestedKey, torch.Tensor] | None = None,
+        feature_mask: FeatureMask | None = None,
         **options: object,
     ) -> None:
         super().__init__(target, **options)
         self.feature_mask = feature_mask
 
-    def _masks(self, flat: TensorDictBase, keys: list[NestedKey]) -> dict[NestedKey, torch.Tensor]:
-        n = flat.batch_size[0]
-        if self.feature_mask is None and all(flat.get(join("feature_mask", k), None) is None for k in keys):
-            masks, offset = {}, 0
-            for k in keys:
-                x = flat.get(k)
-                size = math.prod(x.shape[1:])
-                masks[k] = (
-                    (torch.arange(size, device=x.device) + offset).reshape(1, *x.shape[1:]).expand(x.shape)
-                )
-                offset += size
-            return masks
-        masks = {}
-        given = {k: flat.get(join("feature_mask", k), None) for k in keys}
-        shared = _as_dict(self.feature_mask, keys, "feature_mask") if self.feature_mask is not None else {}
-        for k in keys:
-            m = given[k] if given[k] is not None else shared.get(k)
-            x = flat.get(k)
-            if m is None:
-                raise ValueError(
-                    f"no feature mask for input {k!r}: pass feature_mask=... or ('feature_mask', {k!r})"
-                )
-            if m.is_floating_point():
-                raise TypeError(f"feature_mask for {k!r} must hold integer ids, got {m.dtype}")
-            m = m.to(x.device).long()
-            try:
-                masks[k] = m.expand(x.shape) if m.dim() == x.dim() else m.expand(n, *x.shape[1:])
-            except RuntimeError:
-                raise ValueError(
-                    f"feature_mask for {k!r} has shape {tuple(m.shape)}, which broadcasts neither to one example "
-                    f"{tuple(x.shape[1:])} nor to the flattened batch {tuple(x.shape)}; a mask per example goes "
-                    f"into the TensorDict as ('feature_mask', {k!r}), so it follows the batch (slicing, NoiseTunnel)"
-                ) from None
-            if (m < 0).any():
-                raise ValueError(f"feature_mask for {k!r} has negative ids; ids must be >= 0")
-        return masks
-
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
-        masks = self._masks(flat, keys)
-        ids = torch.unique(torch.cat([m.reshape(-1) for m in masks.values()]))
-        position = {
-            k: torch.searchsorted(ids, m.contiguous()) for k, m in masks.items()
-        }  # perturbation index per element
+        ids, position = feature_positions(flat, keys, self.feature_mask)  # perturbation index per element
 
         def mask(k: NestedKey, p: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
             pos = position[k][ex]
             return pos == p.reshape(-1, *([1] * (pos.dim() - 1)))
 
         diffs = self._differences(hooked, flat, keys, len(ids), mask)
-        result: dict = {}
-        for t, d in diffs.items():  # d: (P, B)
-            dt = d.t()  # (B, P)
-            for k in keys:
-                pos = position[k]
-                result.setdefault(t, {})[k] = dt.gather(1, pos.reshape(pos.shape[0], -1)).reshape(pos.shape)
-        return result
+        return {t: spread(d.t(), position) for t, d in diffs.items()}  # d: (P, B)
 
 
 class Occlusion(PerturbationMethod):
@@ -210,8 +164,8 @@ class Occlusion(PerturbationMethod):
         self.window, self.strides = window, strides
 
     def _grid(self, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
-        windows = _as_dict(self.window, keys, "window")
-        strides = _as_dict(self.strides, keys, "strides")
+        windows = as_dict(self.window, keys, "window")
+        strides = as_dict(self.strides, keys, "strides")
         grid = {}
         for k in keys:
             shape = tuple(flat.get(k).shape[1:])

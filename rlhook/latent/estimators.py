@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -170,20 +171,34 @@ class LogisticProbe:
     def fit(self, X: torch.Tensor, y: torch.Tensor) -> LogisticProbe:
         if X.dim() != 2 or len(X) != len(y):
             raise ValueError(f"X must be (N, d) and y (N,); got {tuple(X.shape)} and {tuple(y.shape)}")
-        X = (X if X.is_floating_point() else X.double()).detach()
-        self.classes_, idx = torch.unique(y.reshape(-1), return_inverse=True)
+        return self.fit_chunks(lambda: [(X, y)])
+
+    def fit_chunks(self, chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> LogisticProbe:
+        """The same fit over data too large to hold: ``chunks()`` yields ``(X (n, d), y (n,))`` blocks and is
+        called once for the classes and once per loss evaluation; loss and gradient are summed over blocks."""
+
+        def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for X, y in chunks():
+                yield (X if X.is_floating_point() else X.double()).detach(), y.reshape(-1)
+
+        n, classes, first = 0, [], None
+        for X, y in blocks():
+            n, first = n + len(X), X if first is None else first
+            classes.append(torch.unique(y))
+        if first is None:
+            raise ValueError("no data: the chunks were empty")
+        self.classes_ = torch.unique(torch.cat(classes))
         k = len(self.classes_)
         if k < 2:
             raise ValueError(
                 f"a classification probe needs at least two classes in the labels, got {self.classes_.tolist()}"
             )
-        n, d = X.shape
+        d, dtype, device = first.shape[1], first.dtype, first.device
         out = 1 if k == 2 else k
-        W = torch.zeros(d, out, dtype=X.dtype, device=X.device)
-        b = torch.zeros(out, dtype=X.dtype, device=X.device)
+        W = torch.zeros(d, out, dtype=dtype, device=device)
+        b = torch.zeros(out, dtype=dtype, device=device)
         params = [W, b] if self.fit_intercept else [W]
         lam = 1.0 / (self.C * n)  # mean-loss form of the same objective (better conditioned)
-        target = idx.to(X.dtype) if k == 2 else idx
         opt = torch.optim.LBFGS(
             params,
             lr=1.0,
@@ -193,32 +208,38 @@ class LogisticProbe:
             history_size=20,
             line_search_fn="strong_wolfe",
         )
+        tiny = torch.finfo(dtype).tiny * 1e3
+        classes_ = self.classes_.to(device)
 
-        rows = torch.arange(n, device=X.device)
-        tiny = torch.finfo(X.dtype).tiny * 1e3
-
-        def closure() -> torch.Tensor:  # mean loss and its gradient, by hand
-            z = torch.addmm(b, X, W) if self.fit_intercept else X @ W
-            if k == 2:
-                loss = nn.functional.binary_cross_entropy_with_logits(z[:, 0], target)
-                g = (torch.sigmoid(z) - target[:, None]) / n
-            else:
-                logp = z.log_softmax(-1)
-                loss = nn.functional.nll_loss(logp, target)
-                g = logp.exp_()
-                g[rows, target] -= 1
-                g /= n
-            # near-zero entries of saturated probabilities would be denormal floats, which make the
-            # gradient's matrix product ~10x slower on CPUs; they contribute nothing
-            g.masked_fill_(g.abs() < tiny, 0.0)
-            W.grad = (g.T @ X).T.contiguous().add_(W, alpha=lam)  # g^T X: the faster product here
+        def closure() -> torch.Tensor:  # mean loss and its gradient, by hand, summed over the blocks
+            loss, gW, gb = W.new_zeros(()), torch.zeros_like(W), torch.zeros_like(b)
+            for X, y in blocks():
+                idx = torch.searchsorted(classes_, y.to(device))
+                z = torch.addmm(b, X, W) if self.fit_intercept else X @ W
+                if k == 2:
+                    target = idx.to(dtype)
+                    loss += nn.functional.binary_cross_entropy_with_logits(z[:, 0], target, reduction="sum")
+                    g = (torch.sigmoid(z) - target[:, None]) / n
+                else:
+                    logp = z.log_softmax(-1)
+                    loss += nn.functional.nll_loss(logp, idx, reduction="sum")
+                    g = logp.exp_()
+                    g[torch.arange(len(X), device=device), idx] -= 1
+                    g /= n
+                # near-zero entries of saturated probabilities would be denormal floats, which make the
+                # gradient's matrix product ~10x slower on CPUs; they contribute nothing
+                g.masked_fill_(g.abs() < tiny, 0.0)
+                gW += (g.T @ X).T  # g^T X: the faster product here
+                gb += g.sum(0)
+            W.grad = gW.add_(W, alpha=lam)
             if self.fit_intercept:
-                b.grad = g.sum(0)
-            return loss + 0.5 * lam * (W * W).sum()
+                b.grad = gb
+            return loss / n + 0.5 * lam * (W * W).sum()
 
         opt.step(closure)
         self.coef_, self.intercept_ = W.detach(), b.detach()
         self.n_iter_ = opt.state[W].get("n_iter", 0)
+        self.n_evals_ = opt.state[W].get("func_evals", 0)
         return self
 
     def decision_function(self, X: torch.Tensor) -> torch.Tensor:

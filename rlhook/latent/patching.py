@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from tensordict import TensorDictBase
 
+from rlhook import elements
 from rlhook.hooks import Hooks
 from rlhook.keys import source_td
 from rlhook.methods import Method, Prepared
@@ -197,7 +198,7 @@ class ActivationPatching(PatchEffects):
         src_acts = run.collect(saved)
         clean_out = hooked.model_forward(td).clone(False)
         self.write_outputs(td, "source", None, source_out, out_keys)
-        names = [n for n, _ in sites]
+        names = [n for n, _ in sites if n in src_acts]  # modules a pattern selected that never ran: reported
         groups = [names] if self.jointly else [[n] for n in names]
         for group in groups:
             gname = "+".join(group)
@@ -207,6 +208,8 @@ class ActivationPatching(PatchEffects):
                 self.write_effects(td, gname, clean_out, patched_out, source_out)
                 continue
             dim = self.position_dim if self.sweep == "positions" else self.unit_dim
+            for n in group:
+                _need_tensor(src_acts[n], n, f"sweep={self.sweep!r}")
             sizes = {src_acts[n].shape[dim % src_acts[n].dim()] for n in group}
             if len(sizes) != 1:
                 raise ValueError(
@@ -229,7 +232,20 @@ class ActivationPatching(PatchEffects):
             for name, module in hooked.state.modules:
                 if name in group:
                     src = src_acts[name]
+                    if not isinstance(src, torch.Tensor) and self.patch_fn is None and not sel:
+                        if self.units is None and self.positions is None:  # a structure: swapped whole
+                            run.set((name, module), src)
+                            continue
+                    _need_tensor(src, name, "units=/positions=/patch_fn=")
                     run.set(
                         (name, module), checked_patch(lambda act, src=src: self.swap(act, src, **sel), name)
                     )
         return run.output
+
+
+def _need_tensor(value: Any, name: str, what: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{what} patches part of a tensor, but {name!r} gives a {type(value).__name__}: name an element of "
+            f"it, e.g. '{elements.first_of(name)}'"
+        )

@@ -57,6 +57,21 @@ class SparseAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
 
+def sae_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, x: torch.Tensor, l1: float) -> float:
+    """One Adam step on a minibatch ``x (n, d)``: squared reconstruction error (plus ``l1 * |z|_1`` for
+    ``kind="relu"``), then decoder rows renormalised. Returns the loss."""
+    z = sae.encode(x)
+    loss = (sae.decode(z) - x).pow(2).sum(-1).mean()
+    if sae.kind == "relu":
+        loss = loss + l1 * z.abs().sum(-1).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+    return loss.item()
+
+
 def train_sae(
     acts: torch.Tensor,
     d_hidden: int,
@@ -86,17 +101,7 @@ def train_sae(
     with torch.enable_grad():
         for _ in range(steps):
             idx = torch.randint(0, len(acts), (min(batch_size, len(acts)),), generator=g).to(acts.device)
-            x = acts[idx]
-            z = sae.encode(x)
-            loss = (sae.decode(z) - x).pow(2).sum(-1).mean()
-            if kind == "relu":
-                loss = loss + l1 * z.abs().sum(-1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
-            history.append(loss.item())
+            history.append(sae_step(sae, opt, acts[idx], l1))
     sae.history = history
     return sae
 

@@ -52,6 +52,8 @@ class ActivationAddition(Method):
         pos = _acts(hooked, source_td(td, hooked.in_keys, positive).exclude(negative))
         neg = _acts(hooked, source_td(td, hooked.in_keys, negative).exclude(positive))
         for name, _ in hooked.state.modules:
+            if name not in pos:  # a module a pattern selected that never ran (reported by the run)
+                continue
             dims = (0, *(d % pos[name].dim() for d in self.mean_dims))
             vec = pos[name].float().mean(dims) - neg[name].float().mean(dims)
             vec = vec.to(pos[name].dtype)

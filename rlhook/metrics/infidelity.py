@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -34,7 +34,7 @@ def infidelity(
     inputs: Sequence[NestedKey] | None = None,
     key: str = "attr",
     n_samples: int = 16,
-    perturbation: Perturbation | None = None,
+    perturbation: Perturbation | Mapping[NestedKey, Perturbation] | None = None,
     scale: float = 0.1,
     multiply_by_inputs: bool = True,
     normalize: bool = False,
@@ -47,7 +47,8 @@ def infidelity(
     perturbed input is ``x' = x - pert * (x - baseline)``: ``pert`` is the fraction of each feature's move to the
     baseline (default ``pert ~ Bernoulli(1/2)``, removing a random half of the features). Otherwise (gradients,
     ``Saliency(abs=False)``) ``x' = x - pert`` with ``pert ~ N(0, scale^2)`` by default. ``perturbation`` may be
-    ``"gaussian"``, ``"bernoulli"`` or ``fn(x, generator) -> pert``. ``normalize`` rescales the attributions by the
+    ``"gaussian"``, ``"bernoulli"`` or ``fn(x, generator) -> pert``, or ``{input key: one of those}`` (one per
+    input, e.g. noise on a continuous observation and Bernoulli on a binary one). ``normalize`` rescales the attributions by the
     least-squares optimal factor per example first (the scale-free variant).
 
     Reads the inputs, ``(key, k)`` and ``("baseline", k)``; writes ``("metrics", "infidelity")``.
@@ -58,22 +59,25 @@ def infidelity(
     hooked = as_hooked(model)
     keys = input_keys(hooked, td, inputs)
     attr = attributions(td, keys, key)
-    perturbation = perturbation or ("bernoulli" if multiply_by_inputs else "gaussian")
+    default = "bernoulli" if multiply_by_inputs else "gaussian"
+    if isinstance(perturbation, Mapping):
+        missing = [k for k in keys if k not in perturbation]
+        if missing:
+            raise KeyError(f"perturbation has no entry for inputs {missing}; it has {list(perturbation)}")
     gen = torch.Generator().manual_seed(seed)
     values, predicted = {}, 0.0
     for k in keys:
         x = td.get(k).detach()
+        chosen = perturbation[k] if isinstance(perturbation, Mapping) else perturbation or default
         shape = (n_samples, *x.shape)
-        if perturbation == "gaussian":
+        if chosen == "gaussian":
             pert = torch.randn(shape, generator=gen, dtype=x.dtype) * scale
-        elif perturbation == "bernoulli":
+        elif chosen == "bernoulli":
             pert = torch.bernoulli(torch.full(shape, 0.5, dtype=x.dtype), generator=gen)
-        elif callable(perturbation):
-            pert = torch.stack([perturbation(x, gen) for _ in range(n_samples)])
+        elif callable(chosen):
+            pert = torch.stack([chosen(x, gen) for _ in range(n_samples)])
         else:
-            raise ValueError(
-                f"perturbation must be 'gaussian', 'bernoulli' or a callable, not {perturbation!r}"
-            )
+            raise ValueError(f"perturbation must be 'gaussian', 'bernoulli' or a callable, not {chosen!r}")
         pert = pert.to(x.device)
         values[k] = x - pert * (x - baseline_of(td, k)) if multiply_by_inputs else x - pert
         predicted = predicted + (pert * attr[k]).reshape(n_samples, *td.batch_size, -1).sum(-1)

@@ -21,11 +21,11 @@ def pyplot():
     return require("matplotlib.pyplot", "plot")
 
 
-def save_figure(fig: Any, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (parent folders created) and close it."""
+def save_figure(fig: Any, path: str | Path, *, tight: bool = False) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parent folders created) and close it; ``tight`` crops the margins."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, **({"bbox_inches": "tight", "pad_inches": 0.05} if tight else {}))
     pyplot().close(fig)
     return path
 
@@ -71,19 +71,28 @@ def image_grid(
     *,
     row_titles: Sequence[str] | None = None,
     col_titles: Sequence[str] | None = None,
+    title: str = "",
+    colorbar_label: str = "attribution",
 ) -> Path:
     """Save a grid: one row per example, its image then one attribution map per column.
 
-    ``images``: ``(N, H, W)``; ``maps``: ``(N, K, H, W)`` (K targets), drawn on a symmetric colour scale.
+    ``images``: ``(N, H, W)``; ``maps``: ``(N, K, H, W)`` (K targets), drawn on one symmetric colour scale
+    per row, shown by the row's colour bar.
     """
     plt = pyplot()
     n, k = maps.shape[:2]
-    fig, axes = plt.subplots(n, k + 1, figsize=(1.3 * (k + 1), 1.3 * n), squeeze=False)
+    fig, axes = plt.subplots(
+        n, k + 1, figsize=(1.3 * (k + 1) + 0.9, 1.3 * n + (0.5 if title else 0.2)), squeeze=False
+    )
     for i in range(n):
         axes[i, 0].imshow(images[i].detach().cpu().numpy(), cmap="gray")
         lim = float(maps[i].abs().max()) or 1.0
         for j in range(k):
-            axes[i, j + 1].imshow(maps[i, j].detach().cpu().numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+            im = axes[i, j + 1].imshow(maps[i, j].detach().cpu().numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        cbar = fig.colorbar(im, ax=list(axes[i]), fraction=0.015, pad=0.01)
+        cbar.ax.tick_params(labelsize=6)
+        if i == n // 2:
+            cbar.set_label(colorbar_label, fontsize=8)
         if row_titles is not None:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
     for ax in axes.flat:
@@ -92,5 +101,6 @@ def image_grid(
     if col_titles is not None:
         for j, t in enumerate(["input", *col_titles]):
             axes[0, j].set_title(t, fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, tight=True)

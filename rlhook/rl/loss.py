@@ -7,8 +7,10 @@ gradient per loss term through that single graph:
 
 - ``("attr", term, key)``: gradient of the term w.r.t. input ``key`` (times the input with
   ``multiply_by_inputs``), one row per sample of the batch;
-- ``("attr", term, layer)``: gradient w.r.t. the layer's output; a layer that ran several times (a target
-  network, ensemble members with ``deactivate_vmap=True``) gets ``layer#0``, ``layer#1``, ... per call;
+- ``("attr", term, layer)``: gradient w.r.t. the layer's output; a layer that ran several times gets one key
+  per call, named after the parameters it ran with (``layer#value_network``, ``layer#target_value_network``:
+  TorchRL swaps a target network's parameters into the same module), else by call order (``layer#0``,
+  ``layer#1``: ensemble members with ``deactivate_vmap=True``);
 - ``method.grad_norms``: a TensorDict ``{term: {module: norm of d term / d its own parameters}}`` for every
   module with parameters in the loss's networks.
 
@@ -108,8 +110,19 @@ class LossAttribution(Method):
         ]
         state.weighted = [(name, ps) for name, ps in weighted if ps]
         state.grad_norms = None
+        state.labels = {name: [] for name, _ in state.layers}
+        sets = _parameter_sets(hooked.model)
+        for name, module in state.layers:
+            probe = _first_parameter(nets[name.split(".")[0]])
+
+            def label(mod: nn.Module, args: object, name: str = name, probe: tuple = probe) -> None:
+                state.labels[name].append(_which(probe, sets))
+
+            hooks.forward_pre(module, label)
 
     def apply(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
+        for labels in hooked.state.labels.values():
+            labels.clear()
         work = td.copy()
         leaves = {}
         for key in self.inputs:
@@ -125,9 +138,9 @@ class LossAttribution(Method):
             if missing:
                 raise KeyError(f"the loss wrote no {missing}; it wrote {sorted(map(str, out.keys()))}")
             acts = {
-                (name if len(outputs) == 1 else f"{name}#{i}"): a
+                key: a
                 for name, outputs in calls.items()
-                for i, a in enumerate(outputs)
+                for key, a in zip(_call_keys(name, hooked.state.labels[name]), outputs)
             }
             params = dict(hooked.state.weighted)
             flat_params = [p for ps in params.values() for p in ps]
@@ -170,6 +183,43 @@ class LossAttribution(Method):
             {t: {n: v.detach() for n, v in m.items()} for t, m in norms.items()}, batch_size=[]
         )
         return td
+
+
+def _parameter_sets(loss: nn.Module) -> dict[str, set[int]]:
+    """The parameter sets a TorchRL loss swaps into its networks (``value_network_params``,
+    ``target_value_network_params``...), as the data pointers of their tensors, by set name without ``_params``."""
+    sets = {}
+    for name, child in loss.named_children():
+        if name.endswith("_params") and isinstance(child, TensorDictBase):
+            sets[name[: -len("_params")]] = {t.data_ptr() for t in child.values(True, True) if t.numel()}
+    return sets
+
+
+def _first_parameter(net: nn.Module) -> tuple[nn.Module, str] | None:
+    """Owner module and attribute of ``net``'s first parameter: where a swapped-in parameter set shows."""
+    name = next((n for n, _ in net.named_parameters()), None)
+    if name is None:
+        return None
+    owner, _, attr = name.rpartition(".")
+    return net.get_submodule(owner), attr
+
+
+def _which(probe: tuple[nn.Module, str] | None, sets: dict[str, set[int]]) -> str | None:
+    """Which parameter set the network holds right now (its first parameter decides), or None."""
+    value = getattr(*probe, None) if probe is not None else None
+    if not isinstance(value, torch.Tensor) or is_vmapped(value):
+        return None
+    return next((label for label, ptrs in sets.items() if value.data_ptr() in ptrs), None)
+
+
+def _call_keys(name: str, labels: list[str | None]) -> list[str]:
+    """Keys of a layer's calls: ``name`` for one call; ``name#value_network``, ``name#target_value_network``
+    when each call ran with its own parameter set; ``name#0``, ``name#1``... otherwise."""
+    if len(labels) == 1:
+        return [name]
+    if None not in labels and len(set(labels)) == len(labels):
+        return [f"{name}#{label}" for label in labels]
+    return [f"{name}#{i}" for i in range(len(labels))]
 
 
 def _fit(value: torch.Tensor, batch: torch.Size) -> torch.Tensor:

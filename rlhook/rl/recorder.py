@@ -14,14 +14,13 @@ are declared up front (the collector's dry run sees them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
-from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rlhook import elements
@@ -30,12 +29,6 @@ from rlhook.hooked import HookedModule
 from rlhook.paths import Path, resolve
 
 __all__ = ["Recorder"]
-
-
-def _into_policy(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-    """When a module holding a Recorder loads, move the recorder's keys under its ``policy.`` child."""
-    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "policy.")]:
-        state_dict[prefix + "policy." + key[len(prefix) :]] = state_dict.pop(key)
 
 
 class Recorder(TensorDictModuleBase):
@@ -50,8 +43,10 @@ class Recorder(TensorDictModuleBase):
     the policy (random exploration, ``init_random_frames``) keep False there, so their zero activations can be
     told apart (``batch[batch["rlhook", "recorded"]]``).
 
-    The recorder is transparent to checkpoints: its ``state_dict`` is the policy's (no ``policy.`` prefix, also
-    inside a parent module), so a checkpoint of the bare policy loads into it and back.
+    The recorder is transparent: its module tree is the policy's own (no ``policy.`` level), so its
+    ``state_dict``, parameters and ``TensorDict.from_module`` are the bare policy's, also inside a parent module
+    or a TorchRL loss. ``policy = Recorder(policy, ...)`` on one line of a script is enough: the collector and
+    the loss that share the policy take the recorder, and every checkpoint keeps its keys.
 
     Reads the policy's ``in_keys``; writes its ``out_keys`` plus ``(*prefix, name)`` for each recorded module,
     shaped like the TensorDict's batch plus the activation's own dims. A policy that flattens several batch
@@ -68,29 +63,23 @@ class Recorder(TensorDictModuleBase):
                 f"Recorder wraps a TensorDictModule policy, got {type(policy).__name__}; wrap plain modules with "
                 "tensordict.nn.TensorDictModule first"
             )
-        self.policy = policy
+        # the recorder shows the policy's own module tree, not the policy as a child: state_dict keys,
+        # named_parameters, TensorDict.from_module (TorchRL losses' functional params), .to() and
+        # load_state_dict all see exactly what the bare policy shows, so adding a recorder changes no
+        # checkpoint and no other line of a training script
+        object.__setattr__(self, "policy", policy)
+        for shared in ("_modules", "_parameters", "_buffers", "_non_persistent_buffers_set"):
+            object.__setattr__(self, shared, getattr(policy, shared))
         self.prefix = (prefix,) if isinstance(prefix, str) else tuple(prefix)
         self._targets = resolve(policy, paths)  # resolved once; plain list, so not registered twice
-        # the get-set core over the same policy, kept out of the module tree (state_dict stays the policy's)
-        object.__setattr__(self, "_hooked", HookedModule(policy))
-        self.register_load_state_dict_pre_hook(
-            _into_policy
-        )  # nested loads: keys as the bare policy wrote them
+        object.__setattr__(self, "_hooked", HookedModule(policy))  # the get-set core over the same policy
         self.names = [name for name, _ in self._targets]
         self.in_keys = list(policy.in_keys)
         self.out_keys = list(policy.out_keys) + [self.key(n) for n in self.names] + [self.mask_key]
 
-    def state_dict(
-        self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
-    ) -> Any:
-        """The policy's own state dict: a checkpoint of the policy loads into the recorder and back."""
-        return self.policy.state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ) -> Any:
-        """Load a state dict written by the policy (or by this recorder: the same keys)."""
-        return self.policy.load_state_dict(state_dict, strict=strict, assign=assign)
+    def train(self, mode: bool = True) -> Recorder:
+        self.policy.train(mode)  # the policy's own flag too (its children are the recorder's)
+        return super().train(mode)
 
     @property
     def mask_key(self) -> tuple[str, ...]:
@@ -143,7 +132,7 @@ class Recorder(TensorDictModuleBase):
             return super().__getattr__(name)
         except AttributeError:
             # behave like the policy for what collectors ask of it (spec, get_dist, ...)
-            modules = self.__dict__.get("_modules", {})
-            if name.startswith("_") or "policy" not in modules:
+            policy = self.__dict__.get("policy")
+            if name.startswith("_") or policy is None:
                 raise
-            return getattr(modules["policy"], name)
+            return getattr(policy, name)

@@ -79,12 +79,14 @@ def as_callable(target: Target) -> Callable[[TensorDictBase], Any]:
 
 
 def evaluate(
-    target: Target, out: TensorDictBase, batch_dims: int | None = None
+    target: Target, out: TensorDictBase, batch_dims: int | None = None, *, floating: bool = True
 ) -> dict[str | None, torch.Tensor]:
     """Evaluate ``target`` on ``out``: ``{name: per-example tensor of shape out.batch_size}``.
 
     A single target is returned under the name ``None`` (``SINGLE``); a TensorDict target under its
     (string-joined) leaf names. Raises a clear error when a target does not depend on the graph.
+    ``floating=False`` (perturbation methods, which need no gradient) accepts integer and boolean targets,
+    returned as float64.
     """
     value = as_callable(target)(out)
     nb = out.batch_dims if batch_dims is None else batch_dims
@@ -101,6 +103,8 @@ def evaluate(
         )
     result = {}
     for name, v in items.items():
+        if not floating and isinstance(v, torch.Tensor) and not v.is_floating_point() and not v.is_complex():
+            v = v.to(torch.float64)
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
             raise TypeError(
                 f"target {name or target!r} is not a floating tensor ({getattr(v, 'dtype', type(v))}); "

@@ -14,30 +14,37 @@ from tensordict import TensorDict
 
 from rlhook.attribution import (
     AttributionPatching,
+    Deconvolution,
+    DeepLift,
+    DeepLiftShap,
     FeatureAblation,
+    FeaturePermutation,
     GradCAM,
     GradientSHAP,
     GuidedBackprop,
+    GuidedGradCAM,
     InputXGradient,
     IntegratedGradients,
+    KernelShap,
+    LayerConductance,
+    Lime,
     NoiseTunnel,
     Occlusion,
     PerturbationSaliency,
     Saliency,
+    ShapleyValues,
+    ShapleyValueSampling,
     SmoothGrad,
 )
 from rlhook.attribution.gradient_shap import shap_draws
 from rlhook.attribution.lrp import LRP, Composite, Epsilon, Norm
 from rlhook.attribution.lrp.composite import POOLING
 from rlhook.attribution.noise_tunnel import draw_noise
+from tests.attribution import captum_layers as cl
+from tests.attribution import captum_perturbation as cp
 from tests.attribution.attr_cases import CASES, Case, captum_noise, captum_shap_draws, flat_inputs
 
 N_NT, STDEV, SEED = 4, 0.3, 5
-
-
-def _reference_set(case: Case) -> dict:
-    gen = torch.Generator().manual_seed(11)
-    return {k: torch.randn(3, *s, generator=gen, dtype=torch.float64) for k, s in case.shapes.items()}
 
 
 @dataclass
@@ -50,6 +57,7 @@ class Row:
     random: bool = False  # draws depend on the batch: no one-by-one check
     chunks: bool = True
     tol: float = 1e-9
+    min_batch: int = 1  # FeaturePermutation shuffles across the batch
 
 
 def _cap(cls, **kw) -> Callable:
@@ -80,7 +88,7 @@ def _cap_nt(case: Case, td: TensorDict) -> tuple:
 
 def _cap_shap(case: Case, td: TensorDict) -> tuple:
     xs = flat_inputs(case, td)
-    refs = _reference_set(case)
+    refs = cl.reference_set(case)
     index, alpha = shap_draws(xs[0].shape[0], N_NT, 3, SEED, torch.float64)
     noise = draw_noise(dict(zip(case.keys(), xs)), N_NT, STDEV, SEED)
     with captum_noise(noise, case.keys()), captum_shap_draws(index, alpha):
@@ -163,6 +171,22 @@ ROWS: dict[str, Row] = {
         _cap(ca.IntegratedGradients, n_steps=8),
         tol=1e-7,  # captum casts the quadrature weights to float32
     ),
+    "layer_ig_input": Row(
+        lambda c: (
+            IntegratedGradients(c.target, n_steps=8, layers=c.layer, layer_input=True) if c.relu else None
+        ),
+        lambda c, td: cl.layer(ca.LayerIntegratedGradients, c, td, n_steps=8),
+        tol=1e-7,
+    ),
+    "conductance": Row(
+        lambda c: LayerConductance(c.target, n_steps=8, layers=c.layer) if c.relu else None,
+        lambda c, td: cl.layer(ca.LayerConductance, c, td, n_steps=8, attribute_to_layer_input=False),
+        tol=1e-7,
+    ),
+    "ixg_layer_input": Row(
+        lambda c: InputXGradient(c.target, layers=c.layer, layer_input=True, inputs=[]) if c.relu else None,
+        lambda c, td: cl.layer(ca.LayerGradientXActivation, c, td),
+    ),
     "nt_vargrad": Row(
         lambda c: NoiseTunnel(
             Saliency(c.target, abs=False), kind="vargrad", n_samples=N_NT, stdev=STDEV, seed=SEED
@@ -176,12 +200,26 @@ ROWS: dict[str, Row] = {
         random=True,
     ),
     "gradient_shap": Row(
-        lambda c: GradientSHAP(c.target, n_samples=N_NT, stdev=STDEV, seed=SEED, baselines=_reference_set(c)),
+        lambda c: GradientSHAP(
+            c.target, n_samples=N_NT, stdev=STDEV, seed=SEED, baselines=cl.reference_set(c)
+        ),
         _cap_shap,
         random=True,
     ),
     "guided": Row(lambda c: GuidedBackprop(c.target) if c.relu else None, _cap(ca.GuidedBackprop)),
+    "deconvolution": Row(lambda c: Deconvolution(c.target) if c.relu else None, _cap(ca.Deconvolution)),
+    "deeplift": Row(lambda c: DeepLift(c.target) if c.relu else None, _cap(ca.DeepLift)),
+    "deeplift_shap": Row(
+        lambda c: DeepLiftShap(c.target, baselines=cl.reference_set(c)) if c.relu else None, cl.deeplift_shap
+    ),
     "gradcam": Row(lambda c: GradCAM(c.target, layers=c.conv) if c.conv else None, _cap_gradcam),
+    "gradcam_channels": Row(
+        lambda c: GradCAM(c.target, layers=c.conv, sum_channels=False, relu=False) if c.conv else None,
+        cl.gradcam_channels,
+    ),
+    "guided_gradcam": Row(
+        lambda c: GuidedGradCAM(c.target, layers=c.conv) if c.conv else None, cl.guided_gradcam
+    ),
     "occlusion": Row(
         lambda c: Occlusion(
             c.target,
@@ -192,6 +230,49 @@ ROWS: dict[str, Row] = {
         tol=1e-6,  # captum returns occlusion maps in float32
     ),
     "feature_ablation": Row(lambda c: FeatureAblation(c.target, feature_mask=_masks(c)), _cap_ablation),
+    "shapley_sampling": Row(
+        lambda c: ShapleyValueSampling(
+            c.target, n_samples=cp.N_SHAPLEY, seed=cp.SEED, feature_mask=cp.contiguous_masks(c)
+        ),
+        cp.shapley_sampling,
+        tol=1e-6,  # captum accumulates Shapley values in float32
+    ),
+    "shapley_exact": Row(
+        lambda c: ShapleyValues(c.target, feature_mask=cp.contiguous_masks(c, coarse=True)),
+        cp.shapley_exact,
+        tol=2e-5,  # captum sums F * F! float32 terms (float64 checks: test_attr_shapley.py)
+    ),
+    "kernel_shap": Row(
+        lambda c: KernelShap(
+            c.target, n_samples=cp.N_LIME, seed=cp.SEED, feature_mask=cp.contiguous_masks(c)
+        ),
+        cp.kernel_shap,
+        tol=1e-5,  # captum fits in float32
+    ),
+    "lime": Row(
+        lambda c: Lime(
+            c.target, n_samples=cp.N_LIME, seed=cp.SEED, alpha=0, feature_mask=cp.contiguous_masks(c)
+        ),
+        cp.lime_linear,
+        tol=1e-5,
+    ),
+    "lime_lasso": Row(
+        lambda c: Lime(
+            c.target,
+            n_samples=cp.N_LIME,
+            seed=cp.SEED,
+            alpha=cp.LASSO_ALPHA,
+            feature_mask=cp.contiguous_masks(c),
+        ),
+        cp.lime_lasso,
+        tol=1e-4,  # captum fits in float32; coordinate descent stops at sklearn's tolerance
+    ),
+    "feature_permutation": Row(
+        lambda c: FeaturePermutation(c.target, seed=cp.SEED, feature_mask=cp.contiguous_masks(c)),
+        cp.feature_permutation,
+        random=True,
+        min_batch=2,
+    ),
     "perturbation": Row(lambda c: PerturbationSaliency(c.target), None),
     "attribution_patching": Row(lambda c: AttributionPatching(c.target, layers=c.layer), None),
     "lrp": Row(
@@ -225,7 +306,9 @@ def _method(row: str, case_name: str) -> tuple[Case, object]:
 
 
 def _map_keys(case: Case, row: str) -> list:
-    return {"gradcam": [case.conv], "attribution_patching": [case.layer]}.get(row, case.keys())
+    on_layer = ("attribution_patching", "layer_ig_input", "ixg_layer_input", "conductance")
+    layers = {"gradcam": [case.conv], "gradcam_channels": [case.conv]} | {r: [case.layer] for r in on_layer}
+    return layers.get(row, case.keys())
 
 
 @pytest.mark.parametrize("batch", [(5,), (2, 3), ()], ids=["b5", "b2x3", "b0"])
@@ -235,8 +318,14 @@ def test_agrees_with_captum(row: str, case_name: str, batch: tuple) -> None:
     case, method = _method(row, case_name)
     if ROWS[row].captum is None:
         pytest.skip(f"captum has no {row}; checked against explicit references in test_attr_methods.py")
-    if batch != (5,) and row in ("lrp", "guided", "gradcam") and case_name != "mlp":
+    if (
+        batch != (5,)
+        and row in ("lrp", "guided", "deconvolution", "gradcam", "gradcam_channels", "guided_gradcam")
+        and case_name != "mlp"
+    ):
         pytest.skip("batch-shape handling is method-independent; checked on the MLP")
+    if batch == () and ROWS[row].min_batch > 1:
+        pytest.skip(f"{row} needs a batch of {ROWS[row].min_batch}")
     td = case.td(batch)
     ours = _products(case, td, method)
     theirs = ROWS[row].captum(case, td)

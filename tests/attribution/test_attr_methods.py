@@ -301,3 +301,20 @@ def test_feature_ids_shared_across_inputs_are_ablated_together() -> None:
     )
     torch.testing.assert_close(got["attr", "obs"], ref[0], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(got["attr", "goal"], ref[1], rtol=1e-12, atol=1e-14)
+
+
+def test_noise_tunnel_keeps_the_gap_of_every_noisy_copy_as_captum() -> None:
+    m, td = _mlp_td(3)
+    x = td["input"]
+    noise = draw_noise({"input": x}, 4, 0.2, 9)
+    with captum_noise(noise, ["input"]):
+        ref, gap = ca.NoiseTunnel(ca.IntegratedGradients(m)).attribute(
+            x, nt_samples=4, stdevs=0.2, target=1, n_steps=6, return_convergence_delta=True
+        )
+    tunnel = NoiseTunnel(IntegratedGradients(T1, n_steps=6), n_samples=4, stdev=0.2, seed=9, delta=True)
+    out = _run(tunnel, m, td)
+    torch.testing.assert_close(out["attr", "input"], ref, rtol=1e-6, atol=1e-9)
+    assert out["attr_delta"].shape == (3, 4)
+    torch.testing.assert_close(out["attr_delta"].reshape(-1), gap, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="computes a gap"):
+        _run(NoiseTunnel(Saliency(T1), n_samples=2, delta=True), m, td)

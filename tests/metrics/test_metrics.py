@@ -170,3 +170,21 @@ def test_errors(linear):
         completeness(linear, out, many)
     with pytest.raises(ValueError, match="action"):
         masked_behaviour(linear, out, action=None)
+
+
+def test_infidelity_takes_a_perturbation_per_input():
+    """One perturbation per input: a zero perturbation on ``goal`` gives the infidelity of ``obs`` alone."""
+    module = two_input_td_module().double()
+    torch.manual_seed(7)
+    td = two_input_td((4,), dtype=torch.float64)
+    with InputXGradient("state_value").prepare(module) as h:
+        out = h(td.clone())
+    noise = lambda x, gen: 0.3 * torch.randn(x.shape, generator=gen, dtype=x.dtype)  # noqa: E731
+    still = lambda x, gen: torch.zeros_like(x)  # noqa: E731
+    both = infidelity(module, out, "state_value", perturbation={"obs": noise, "goal": still}, seed=2)
+    alone = infidelity(module, out, "state_value", inputs=["obs"], perturbation=noise, seed=2)
+    torch.testing.assert_close(both, alone, rtol=1e-12, atol=1e-14)
+    same = infidelity(module, out, "state_value", perturbation={"obs": noise, "goal": noise}, seed=2)
+    torch.testing.assert_close(same, infidelity(module, out, "state_value", perturbation=noise, seed=2))
+    with pytest.raises(KeyError, match="goal"):
+        infidelity(module, out, "state_value", perturbation={"obs": noise})

@@ -155,3 +155,53 @@ def test_two_explain_batches_do_not_overwrite_each_other(setup):
     torch.testing.assert_close(
         both["rlhook", "abs", "attr", "observation"], b["rlhook", "attr", "observation"].abs()
     )
+
+
+def test_target_network_calls_are_named_by_their_parameters():
+    """DQN runs one Q-network module twice, with its own and its target's parameters swapped in: the two
+    calls get keys named after those parameter sets, and only the online call carries gradient."""
+    from tensordict import TensorDict
+    from tensordict.nn import TensorDictModule
+    from torchrl.data import OneHot
+    from torchrl.modules import QValueActor
+    from torchrl.objectives import DQNLoss
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    q = QValueActor(
+        TensorDictModule(net, ["observation"], ["action_value"]), in_keys=["observation"], spec=OneHot(2)
+    )
+    loss = DQNLoss(q, action_space="one-hot", delay_value=True)
+    n = 6
+    batch = TensorDict(
+        {
+            "observation": torch.randn(n, 4),
+            "action": torch.nn.functional.one_hot(torch.randint(0, 2, (n,)), 2),
+            "next": {
+                "observation": torch.randn(n, 4),
+                "reward": torch.randn(n, 1),
+                "done": torch.zeros(n, 1, dtype=torch.bool),
+                "terminated": torch.zeros(n, 1, dtype=torch.bool),
+            },
+        },
+        [n],
+    )
+    layer = "value_network.module.0.module.1"
+    hooks_before = hook_count(loss)  # TorchRL's own (a state-dict hook of the loss)
+    with LossAttribution(["loss"], layers=[layer]).prepare(loss) as hooked:
+        td = hooked(batch)
+    keys = sorted(k for k in td["attr", "loss"].keys() if k.startswith(layer))
+    assert keys == [f"{layer}#target_value_network", f"{layer}#value_network"]
+    assert td["attr", "loss", f"{layer}#target_value_network"].abs().sum() == 0  # computed without grad
+    online = td["attr", "loss", f"{layer}#value_network"]
+    h = torch.relu(net[0](batch["observation"])).requires_grad_(True)
+    qv = net[2](h)  # reference: DQN's default loss by hand (squared error to the bootstrapped target)
+    with torch.no_grad():
+        target = (
+            batch["next", "reward"][:, 0]
+            + 0.99 * net[2](torch.relu(net[0](batch["next", "observation"]))).max(-1).values
+        )
+    pred = (qv * batch["action"]).sum(-1)
+    (g,) = torch.autograd.grad((pred - target).pow(2).mean(), h)
+    torch.testing.assert_close(online, g)
+    assert hook_count(loss) == hooks_before and hook_count(net) == 0

@@ -38,6 +38,10 @@ __all__ = [
     "AlphaBeta",
     "Flat",
     "WSquare",
+    "ZBox",
+    "ReLUDeconvNet",
+    "ReLUGuidedBackprop",
+    "ReLUBetaSmooth",
     "Pass",
     "Residual",
     "stabilize",
@@ -62,6 +66,16 @@ def _params(module: nn.Module, rule: Rule) -> tuple[torch.Tensor, torch.Tensor |
         )
     bias = getattr(module, "bias", None)
     return weight.detach(), bias.detach() if isinstance(bias, torch.Tensor) else None
+
+
+def _zero_bias(zero_params: str | Sequence[str] | None) -> bool:
+    """Whether ``zero_params`` (zennit's argument: parameter names set to zero) zeroes the bias."""
+    names = {zero_params} if isinstance(zero_params, str) else set(zero_params or ())
+    if names - {"bias"}:
+        raise ValueError(
+            f"zero_params may only name 'bias' (a zero weight carries no relevance), got {zero_params!r}"
+        )
+    return "bias" in names
 
 
 def _call(
@@ -90,12 +104,16 @@ class Epsilon(Rule):
     """``R_i = x_i sum_j (dz_j / dx_i) R_j / stab(z_j)`` with the module's own parameters (LRP-epsilon; with a
     tiny ``eps`` LRP-0). Works for any module whose output is a tensor, including several inputs."""
 
-    def __init__(self, eps: float = 1e-6) -> None:
-        self.eps = eps
+    def __init__(self, eps: float = 1e-6, zero_params: str | Sequence[str] | None = None) -> None:
+        self.eps, self.zero_params = eps, zero_params
+        self._no_bias = _zero_bias(zero_params)
 
     def relevance(self, module, inputs, relevance):
         xs = _leaves(inputs)
-        z = module(*xs)
+        if self._no_bias:  # the bias-free variant: z from the weights alone
+            z = _call(module, xs[0], _params(module, self)[0], None)
+        else:
+            z = module(*xs)
         grads = torch.autograd.grad(z, xs, relevance / stabilize(z, self.eps), allow_unused=True)
         return tuple(None if g is None else x * g for x, g in zip(xs, grads))
 
@@ -122,14 +140,18 @@ class _Signed(Rule):
 class Gamma(_Signed):
     """LRP-gamma (generalised to inputs of both signs): favour contributions that share the unit's sign."""
 
-    def __init__(self, gamma: float = 0.25, eps: float = 1e-6) -> None:
-        self.gamma, self.eps = gamma, eps
+    def __init__(
+        self, gamma: float = 0.25, eps: float = 1e-6, zero_params: str | Sequence[str] | None = None
+    ) -> None:
+        self.gamma, self.eps, self.zero_params = gamma, eps, zero_params
+        self._no_bias = _zero_bias(zero_params)
 
     def relevance(self, module, inputs, relevance):
         (x,) = inputs
         w, b = _params(module, self)
         g = self.gamma
-        z = _call(module, x.detach(), w, b)
+        z = _call(module, x.detach(), w, b)  # the unit's sign: from the module as it is, bias included
+        b = None if self._no_bias else b
         bp = None if b is None else b + g * b.clamp(min=0)
         bn = None if b is None else b + g * b.clamp(max=0)
         pos = self._share(module, x, w + g * w.clamp(min=0), bp, w + g * w.clamp(max=0))
@@ -143,14 +165,22 @@ class AlphaBeta(_Signed):
     """LRP-alpha-beta: ``alpha * R(positive contributions) - beta * R(negative contributions)``,
     ``alpha - beta = 1``."""
 
-    def __init__(self, alpha: float = 2.0, beta: float = 1.0, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        beta: float = 1.0,
+        eps: float = 1e-6,
+        zero_params: str | Sequence[str] | None = None,
+    ) -> None:
         if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-12:
             raise ValueError(f"AlphaBeta needs alpha, beta >= 0 with alpha - beta = 1, got {alpha}, {beta}")
-        self.alpha, self.beta, self.eps = alpha, beta, eps
+        self.alpha, self.beta, self.eps, self.zero_params = alpha, beta, eps, zero_params
+        self._no_bias = _zero_bias(zero_params)
 
     def relevance(self, module, inputs, relevance):
         (x,) = inputs
         w, b = _params(module, self)
+        b = None if self._no_bias else b
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         pos = self._share(module, x, wp, None if b is None else b.clamp(min=0), wn)
         r = self.alpha * self._redistribute(*pos, relevance / stabilize(pos[2], self.eps))
@@ -163,40 +193,101 @@ class AlphaBeta(_Signed):
 class ZPlus(AlphaBeta):
     """LRP-z+: relevance in proportion to the positive contributions (``AlphaBeta(1, 0)``)."""
 
-    def __init__(self, eps: float = 1e-6) -> None:
-        super().__init__(1.0, 0.0, eps)
+    def __init__(self, eps: float = 1e-6, zero_params: str | Sequence[str] | None = None) -> None:
+        super().__init__(1.0, 0.0, eps, zero_params)
 
 
 class _Uniform(Rule):
-    """Rules that ignore the input: ``x = 1``, weights mapped by ``_weight``, no bias."""
+    """Rules that ignore the input: ``x = 1``, parameters mapped by ``_weight`` (the bias too unless zeroed)."""
 
-    def __init__(self, eps: float = 1e-6) -> None:
-        self.eps = eps
+    def __init__(self, eps: float = 1e-6, zero_params: str | Sequence[str] | None = "bias") -> None:
+        self.eps, self.zero_params = eps, zero_params
+        self._no_bias = _zero_bias(zero_params)
 
     def _weight(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def relevance(self, module, inputs, relevance):
         (x,) = inputs
-        w, _ = _params(module, self)
+        w, b = _params(module, self)
         ones = torch.ones_like(x).requires_grad_(True)
-        z = _call(module, ones, self._weight(w), None)
+        z = _call(module, ones, self._weight(w), None if self._no_bias or b is None else self._weight(b))
         (g,) = torch.autograd.grad(z, ones, relevance / stabilize(z, self.eps))
         return (g,)
 
 
 class Flat(_Uniform):
-    """LRP-flat: relevance spread uniformly over each output's receptive field."""
+    """LRP-flat: relevance spread uniformly over each output's receptive field (no bias)."""
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__(eps, "bias")
 
     def _weight(self, w):
         return torch.ones_like(w)
 
 
 class WSquare(_Uniform):
-    """LRP-w^2: relevance in proportion to the squared weights."""
+    """LRP-w^2: relevance in proportion to the squared weights; ``zero_params=None`` keeps the squared bias in
+    the denominator (zennit's default), the default ``"bias"`` drops it."""
 
     def _weight(self, w):
         return w * w
+
+
+class ZBox(Rule):
+    """LRP-z^B for inputs bounded by ``low <= x <= high`` (e.g. pixels; tensors broadcast to one example or to
+    the batch): ``z = f(x; w, b) - f(low; w+, b+) - f(high; w-, b-)`` and
+    ``R = x g(x) - low g(low) - high g(high)`` with the gradients of each term at ``R_out / stab(z)``."""
+
+    def __init__(
+        self,
+        low: float | torch.Tensor,
+        high: float | torch.Tensor,
+        eps: float = 1e-6,
+        zero_params: str | Sequence[str] | None = None,
+    ) -> None:
+        self.low, self.high, self.eps, self.zero_params = low, high, eps, zero_params
+        self._no_bias = _zero_bias(zero_params)
+
+    def relevance(self, module, inputs, relevance):
+        (x,) = inputs
+        w, b = _params(module, self)
+        b = None if self._no_bias else b
+        bounds = [
+            torch.as_tensor(v, dtype=x.dtype, device=x.device).expand_as(x) for v in (self.low, self.high)
+        ]
+        leaves = [x.detach().requires_grad_(True)] + [v.detach().clone().requires_grad_(True) for v in bounds]
+        params = [(w, b), (w.clamp(min=0), None if b is None else b.clamp(min=0))]
+        params.append((w.clamp(max=0), None if b is None else b.clamp(max=0)))
+        zs = [_call(module, leaf, pw, pb) for leaf, (pw, pb) in zip(leaves, params)]
+        s = relevance / stabilize(zs[0] - zs[1] - zs[2], self.eps)
+        grads = [torch.autograd.grad(z, leaf, s)[0] for z, leaf in zip(zs, leaves)]
+        return (leaves[0] * grads[0] - leaves[1] * grads[1] - leaves[2] * grads[2],)
+
+
+class ReLUDeconvNet(Rule):
+    """For ReLU modules: pass back the positive part of the relevance, whatever the input (DeconvNet)."""
+
+    def relevance(self, module, inputs, relevance):
+        return (relevance.clamp(min=0),)
+
+
+class ReLUGuidedBackprop(Rule):
+    """For ReLU modules: pass back the relevance where both it and the ReLU's input are positive."""
+
+    def relevance(self, module, inputs, relevance):
+        return (relevance * ((inputs[0] > 0) & (relevance > 0)).to(relevance.dtype),)
+
+
+class ReLUBetaSmooth(Rule):
+    """For ReLU modules: the relevance times ``sigmoid(beta * x)``, the gradient of a softplus of sharpness
+    ``beta`` (Dombrowski et al., 2019), in place of the ReLU's step."""
+
+    def __init__(self, beta: float = 10.0) -> None:
+        self.beta = beta
+
+    def relevance(self, module, inputs, relevance):
+        return (relevance * torch.sigmoid(self.beta * inputs[0]),)
 
 
 class Pass(Rule):

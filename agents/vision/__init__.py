@@ -1,0 +1,1 @@
+"""Vision: a small ResNet (torchvision-shaped blocks, torch only) and the procedurally generated shapes task."""
