@@ -4,6 +4,8 @@ Nothing in rlhook knows about Ray: the recorder pickles with the policy into eac
 activations into the rollout there, and the batch carries them back to the driver.
 """
 
+import gc
+
 import pytest
 import torch
 
@@ -34,6 +36,9 @@ def cluster():
     try:
         yield
     finally:
+        # a collector whose construction raised is only half built; collecting it runs its shutdown, which
+        # would start a new Ray instance if Ray were already down: collect first, then shut down
+        gc.collect()
         ray.shutdown()
 
 
@@ -98,3 +103,4 @@ def test_a_worker_raising_surfaces_in_the_driver(cluster, agent):
         finally:
             c.shutdown(shutdown_ray=False)
     assert "split@0" in str(info.value)  # the advice travels with the error
+    del info  # its traceback holds the half-built collector
