@@ -5,7 +5,8 @@ attributions and a steering experiment, written as PNG files plus ``summary.json
 
 A short PPO run (``--train-frames``, default 8,000; 0 to skip) is probed every other batch with its controls
 (probe curves and a CSV log); the rest of the report explains the shipped checkpoint
-(``agents/pendulum/checkpoint.pt``), which the short run does not replace.
+(``agents/pendulum/checkpoint.pt``), which the short run does not replace, and probes the shipped agent's own
+training stages (``agents/pendulum/stages``) with their controls.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from agents.pendulum.nets import load_agent, make_actor, make_critic
+from agents.pendulum.stages import probes_across_stages
 from envs.pendulum import MAX_STEPS, OBS_NAMES, make_env, return_to_go, time_to_termination
 from rlhook.attribution import IntegratedGradients, Saliency
 from rlhook.latent import ActivationAddition, SteeringVectors
@@ -187,9 +189,17 @@ def steering(out: Path, actor, obs_stats, scales=(5.0, 15.0, 25.0, 40.0), seeds=
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "steering_effect_on_return.png")
+    states = ep.select("observation").clone()
+    with torch.no_grad():
+        base_loc = actor(states.clone())["loc"]
+    signed = {}
+    for scale in scales:  # the direction it pushes: + is the push-right the vector was built from
+        with SteeringVectors({STEER_LAYER: v}, scale=scale).prepare(actor) as steered, torch.no_grad():
+            signed[scale] = float((steered(states.clone())["loc"] - base_loc).mean())
     rows = [
         {
             "scale": scale,
+            "signed_action_change": signed[scale],
             "return_diff_mean": e["return_diff_mean"],
             "return_diff_sem": e["return_diff_sem"],
             "length_diff_mean": e["length_diff_mean"],
@@ -217,6 +227,7 @@ def main(out: Path, train_frames: int | None = None) -> dict[str, Any]:
         "saliency": saliency_over_episode(out, actor, critic, obs_stats),
         "ppo_loss": loss_attributions(out, actor, critic, obs_stats),
         "steering": steering(out, actor, obs_stats),
+        "probes_across_stages": probes_across_stages(out),
     }
     (out / "summary.md").write_text(markdown(summary))
     return summary
@@ -255,16 +266,69 @@ def markdown(s: dict[str, Any]) -> str:
         f"Vector: mean activation of `{st['layer']}` when pushing right minus when pushing left "
         f"(|v| = {st['vector_norm']:.3f}); {len(st['seeds'])} paired seeds per scale.",
         "",
-        "| scale | return change | episode length change | mean abs action change on unmodified states |",
-        "|---:|---:|---:|---:|",
+        "| scale | return change | episode length change | mean abs action change on unmodified states "
+        "| mean signed change of the action mean (+ = right) |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for r in st["by_scale"]:
         lines.append(
             f"| {r['scale']:g} | {r['return_diff_mean']:+.1f} +- {r['return_diff_sem']:.1f} | "
-            f"{r['length_diff_mean']:+.1f} | {r['action_shift']:.3f} |"
+            f"{r['length_diff_mean']:+.1f} | {r['action_shift']:.3f} | {r['signed_action_change']:+.3f} |"
+        )
+    right = [r["scale"] for r in st["by_scale"] if r["signed_action_change"] > 0]
+    lines += [
+        "",
+        f"The vector pushed the cart the intended way (right) at scales {right}."
+        if len(right) == len(st["by_scale"])
+        else f"The vector pushed right only at scales {right} of {[r['scale'] for r in st['by_scale']]}.",
+        "Return changes are paired differences (+- their standard error over the seeds).",
+        "",
+    ]
+    lines += _stages_markdown(s["probes_across_stages"])
+    return "\n".join(lines)
+
+
+def _stages_markdown(p: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Probes across the shipped agent's training stages ({p['rows']} states from {p['episodes']} episodes "
+        "of every stage's agent)",
+        "",
+        "Test R² of a ridge probe on the best hidden layer of the actor at each stage. Controls: a random-init "
+        "actor, the raw observation, shuffled labels. Selectivity = stage score - best control score; "
+        "above 0 means the trained layers hold the quantity more linearly than the observation itself or "
+        "random features of it do. The held-out rows are whole episodes (one split, no error bars: differences "
+        "below about 0.02 are not meaningful).",
+        "",
+        "| frames | quantity | trained | random init | raw obs | shuffled | selectivity |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in p["table"]:
+        lines.append(
+            f"| {r['frames']} | {r['quantity']} | {r['trained']:.3f} | {r['random_init']:.3f} | "
+            f"{r['raw_obs']:.3f} | {r['shuffled']:.3f} | {r['selectivity']:+.3f} |"
+        )
+    by_q: dict[str, list[dict[str, Any]]] = {}
+    for r in p["table"]:
+        by_q.setdefault(r["quantity"], []).append(r)
+    lines.append("")
+    for q, rs in by_q.items():
+        first, last = rs[0], rs[-1]
+        grew = last["selectivity"] - first["selectivity"]
+        if grew > 0.02:
+            verdict = f"learned during training: selectivity grew by {grew:+.2f} from the first stage"
+        elif last["selectivity"] > 0.02:
+            verdict = (
+                "above the controls already at the first stage and not growing: a property of this architecture "
+                "or initialisation, not of training"
+            )
+        else:
+            verdict = "not beyond the controls: the observation already holds it (about) linearly"
+        lines.append(
+            f"- {q}: {first['trained']:.2f} at {first['frames']} frames -> {last['trained']:.2f} at "
+            f"{last['frames']} (selectivity {first['selectivity']:+.2f} -> {last['selectivity']:+.2f}); {verdict}."
         )
     lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

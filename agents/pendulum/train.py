@@ -74,6 +74,7 @@ def train(
     actor: ProbabilisticActor | None = None,
     critic: ValueOperator | None = None,
     progress: bool = True,
+    stages: tuple[str | Path, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Train a fresh actor-critic; returns ``{"actor", "critic", "obs_stats", "best": meta of the best eval}``.
 
@@ -81,6 +82,8 @@ def train(
     batch as the collector returned it (batch size ``[frames_per_batch]``, policy outputs and ``"next"``
     entries, ``("physics", ...)`` labels, no GAE keys yet) and the number of frames collected so far.
     ``stop_at`` ends training once the best 10-episode mean return reaches it. ``out=None`` saves nothing.
+    ``stages=(folder, [frames, ...])`` also saves the agent as it is after those many frames
+    (``folder/stage_f{frames}.pt``, the same format), for analyses across training.
     The observation stats are measured once from ``stats_steps`` random-action steps and stored with the
     checkpoint.
     """
@@ -139,6 +142,16 @@ def train(
                     optim.step()
             sched.step()
             collector.update_policy_weights_()
+            if stages is not None and done_frames in stages[1]:
+                Path(stages[0]).mkdir(parents=True, exist_ok=True)
+                save_agent(
+                    Path(stages[0]) / f"stage_f{done_frames}.pt",
+                    actor,
+                    critic,
+                    obs_stats,
+                    config,
+                    {"frames": done_frames, "seed": seed},
+                )
 
             postfix = {
                 "r/step": f"{batch['next', 'reward'].mean().item():.2f}",
@@ -190,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--stop-at", type=float, default=None, help="stop once the best 10-episode mean reaches this"
     )
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--stages", type=Path, default=None, help="also save the agent at --stage-frames here")
+    p.add_argument("--stage-frames", type=int, nargs="*", default=[2000, 10000, 20000, 30000])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = train(
@@ -200,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lr=args.lr,
         eval_every=args.eval_every,
         stop_at=args.stop_at,
+        stages=None if args.stages is None else (args.stages, args.stage_frames),
     )
     best = result["best"]
     print(
