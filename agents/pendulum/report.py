@@ -240,6 +240,14 @@ def markdown(s: dict[str, Any]) -> str:
         lines += [
             f"## Probes while training ({p['frames']} frames, {p['wall_s']} s)",
             "",
+            f"A fresh PPO run (not the shipped agent; best evaluation return {p['best_eval_mean_return']:.0f}), "
+            "its actor probed every other batch on that batch's states; the table is the last probe. Test R² of "
+            "ridge probes; controls: a random-init actor on the same states, the raw observation, shuffled "
+            "labels; selectivity = trained - best of random init and raw obs. A run this short barely moves "
+            "the representation, so selectivities near 0 say the quantity is already linear in the "
+            "observation, not that the agent failed to learn it; the training-stage table below follows the "
+            "shipped agent's own run to 9,359.",
+            "",
             "| quantity | layer | trained | random init | raw obs | shuffled | selectivity |",
             "|---|---|---:|---:|---:|---:|---:|",
         ]
