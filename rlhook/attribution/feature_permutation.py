@@ -6,11 +6,10 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-from rlhook.attribution.base import target_forward
 from rlhook.attribution.features import FeatureMask, feature_positions, spread
-from rlhook.attribution.occlusion import PerturbationMethod, perturbation_scores
+from rlhook.attribution.occlusion import PerturbationMethod, drops_from, perturbation_scores
 from rlhook.methods import Prepared
-from rlhook.targets import Target, evaluate
+from rlhook.targets import Target
 
 __all__ = ["FeaturePermutation"]
 
@@ -58,13 +57,7 @@ class FeaturePermutation(PerturbationMethod):
             perms.append(perm)
         source = torch.stack(perms).to(ids.device)  # (F, B): example whose values example b takes
         xs = {k: flat.get(k) for k in keys}
-        with torch.no_grad():
-            f_x = evaluate(
-                self.options.target,
-                target_forward(hooked, flat.clone(False), self.options.target),
-                1,
-                floating=False,
-            )
+        score = drops_from(hooked, flat, self.options.target)
 
         def perturb(rows: TensorDictBase, p: torch.Tensor, ex: torch.Tensor) -> None:
             src = source[p, ex]
@@ -72,11 +65,6 @@ class FeaturePermutation(PerturbationMethod):
                 pos = position[k][ex]
                 hit = pos == p.reshape(-1, *([1] * (pos.dim() - 1)))
                 rows.set(k, torch.where(hit, xs[k][src], xs[k][ex]))
-
-        def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
-            return {
-                t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, 1, floating=False).items()
-            }
 
         diffs = perturbation_scores(
             hooked, flat, len(ids), perturb, score, self.options.chunk_size, self.options.target

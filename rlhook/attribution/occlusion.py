@@ -29,6 +29,18 @@ Perturb = Callable[[TensorDictBase, torch.Tensor, torch.Tensor], None]
 Score = Callable[[TensorDictBase, torch.Tensor], dict]
 
 
+def drops_from(hooked: Prepared, flat: TensorDictBase, target: Target | None) -> Score:
+    """The score of perturbed rows, ``f(x) - f(x perturbed)`` per target, with ``f(x)`` from one unperturbed
+    forward without gradients."""
+    with torch.no_grad():
+        f_x = evaluate(target, target_forward(hooked, flat.clone(False), target), 1, floating=False)
+
+    def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
+        return {t: f_x[t][ex] - v for t, v in evaluate(target, out, 1, floating=False).items()}
+
+    return score
+
+
 def perturbation_scores(
     hooked: Prepared,
     flat: TensorDictBase,
@@ -76,24 +88,13 @@ class PerturbationMethod(GradientMethod):
         """``f(x) - f(x with mask(k, p, ex) of input k replaced by its baseline)``, shape ``(P, B)``."""
         base = baselines(flat, keys)
         xs = {k: flat.get(k) for k in keys}
-        with torch.no_grad():
-            f_x = evaluate(
-                self.options.target,
-                target_forward(hooked, flat.clone(False), self.options.target),
-                1,
-                floating=False,
-            )
+        score = drops_from(hooked, flat, self.options.target)
 
         def perturb(rows: TensorDictBase, p: torch.Tensor, ex: torch.Tensor) -> None:
             for k in keys:
                 m = mask(k, p, ex)
                 if m is not None:  # a where, not a blend: boolean and integer inputs are ablated too
                     rows.set(k, torch.where(m.bool(), base[k][ex], xs[k][ex]))
-
-        def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
-            return {
-                t: f_x[t][ex] - v for t, v in evaluate(self.options.target, out, 1, floating=False).items()
-            }
 
         return perturbation_scores(
             hooked, flat, n_perturb, perturb, score, self.options.chunk_size, self.options.target
