@@ -1,14 +1,15 @@
 """Per-call cost of the Recorder on the shipped pendulum actor, as a collector calls it (one frame, 1 thread).
 
-Three variants, interleaved call by call in paired rounds:
+Three variants, each on its own copy of the actor (same weights), interleaved call by call:
 
 - the bare actor;
 - raw torch forward hooks registered once, writing the same 3 activations into the output TensorDict (the
   cheapest hand-written equivalent; it leaves hooks on the modules and does not pickle with the policy);
-- ``Recorder(actor, 3 layers)`` (hooks only during each call, activations and the mask written into the output).
+- ``Recorder(actor, 3 layers)`` (hooks only during each call; activations and the mask written into the output).
 
-Reports per-call medians and the extra cost over the bare call, and the ratio of the Recorder's extra cost to
-the raw hooks' extra cost (goal: <= 1.2).
+Every call of a variant is paired with the bare call next to it, so the machine's drift cancels: the table
+gives the median extra cost per call over the bare actor with its quartiles over all calls, and the ratio of
+the Recorder's extra to the raw hooks' extra per round (goal: <= 1.2), median and range over the rounds.
 
     python benchmarks/recorder_overhead.py [--rounds 9] [--calls 500]
 """
@@ -16,6 +17,7 @@ the raw hooks' extra cost (goal: <= 1.2).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -31,22 +33,20 @@ from rlhook.rl import Recorder  # noqa: E402
 LAYERS = ["module.0.module.act0", "module.0.module.act1", "module.0.module.out"]
 
 
-def raw_hooks(actor) -> tuple[object, list]:
+def raw_hooks(actor):
     """The actor with forward hooks registered once; each call's activations land in the output TensorDict."""
     store: dict[str, torch.Tensor] = {}
-    handles = [
+    for name in LAYERS:
         actor.get_submodule(name).register_forward_hook(
             lambda m, a, out, name=name: store.__setitem__(name, out.detach())
         )
-        for name in LAYERS
-    ]
 
     def call(td: TensorDict) -> TensorDict:
         out = actor(td)
         out.set("rlhook", TensorDict(dict(store), batch_size=out.batch_size))
         return out
 
-    return call, handles
+    return call
 
 
 def main() -> None:
@@ -56,49 +56,48 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     actor, _, _ = load_agent()
+    variants = {
+        "bare": actor,
+        "raw": raw_hooks(copy.deepcopy(actor)),
+        "rec": Recorder(copy.deepcopy(actor), LAYERS),
+    }
     frame = TensorDict({"observation": torch.randn(9)}, batch_size=[])
-    rec = Recorder(actor, LAYERS)
-    raw, handles = raw_hooks(actor)
-    ref = rec(frame.clone())
-    got = raw(frame.clone())
+    ref, got = variants["rec"](frame.clone()), variants["raw"](frame.clone())
     for name in LAYERS:  # same activations before any timing
         torch.testing.assert_close(ref["rlhook", name], got["rlhook", name])
-    for h in handles:
-        h.remove()
-    variants = {"bare": lambda td: actor(td), "raw hooks": None, "recorder": rec}
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    extra: dict[str, list[float]] = {"raw": [], "rec": []}
+    bare_us: list[float] = []
+    ratios: list[float] = []
+    clock = time.perf_counter
     with torch.no_grad():
-        for r in range(args.rounds):
-            order = list(variants) if r % 2 == 0 else list(reversed(variants))
-            for name in order:
-                if name == "raw hooks":
-                    fn, handles = raw_hooks(actor)
-                else:
-                    fn, handles = variants[name], []
-                tds = [frame.clone() for _ in range(args.calls)]
-                t0 = time.perf_counter()
-                for td in tds:
-                    fn(td)
-                times[name].append((time.perf_counter() - t0) / args.calls * 1e6)
-                for h in handles:
-                    h.remove()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    extra_raw = [r - b for r, b in zip(times["raw hooks"], times["bare"])]
-    extra_rec = [r - b for r, b in zip(times["recorder"], times["bare"])]
-    ratios = [e / x for e, x in zip(extra_rec, extra_raw) if x > 0]
-    print(
-        f"\n{args.calls} calls per round, {args.rounds} paired rounds, torch {torch.__version__}, 1 thread\n"
-    )
-    print("| variant | us per call (median) | extra over bare, us (median, min-max) |\n|---|---:|---:|")
-    print(f"| bare actor | {med['bare']:.0f} | - |")
-    for name, extra in (("raw torch hooks, 3 layers", extra_raw), ("rlhook Recorder, 3 layers", extra_rec)):
-        key = "raw hooks" if name.startswith("raw") else "recorder"
-        print(
-            f"| {name} | {med[key]:.0f} | {statistics.median(extra):.0f} ({min(extra):.0f}-{max(extra):.0f}) |"
-        )
+        for r in range(args.rounds + 1):  # round 0 warms up
+            round_extra: dict[str, list[float]] = {"raw": [], "rec": []}
+            for i in range(args.calls):
+                order = ["bare", "raw", "rec"] if (i + r) % 2 == 0 else ["rec", "raw", "bare"]
+                tds = {k: frame.clone() for k in order}
+                took = {}
+                for k in order:
+                    t0 = clock()
+                    variants[k](tds[k])
+                    took[k] = (clock() - t0) * 1e6
+                bare_us.append(took["bare"]) if r else None
+                for k in round_extra:
+                    round_extra[k].append(took[k] - took["bare"])
+            if r:
+                for k in extra:
+                    extra[k] += round_extra[k]
+                raw, rec = statistics.median(round_extra["raw"]), statistics.median(round_extra["rec"])
+                if raw > 0:
+                    ratios.append(rec / raw)
+    print(f"\n{args.calls} calls per round, {args.rounds} rounds, torch {torch.__version__}, 1 thread\n")
+    print("| variant | extra over bare, us per call (median) | quartiles |\n|---|---:|---:|")
+    print(f"| bare actor | {statistics.median(bare_us):.0f} us per call | - |")
+    for key, name in (("raw", "raw torch hooks, 3 layers"), ("rec", "rlhook Recorder, 3 layers")):
+        q = statistics.quantiles(extra[key], n=4)
+        print(f"| {name} | {statistics.median(extra[key]):.0f} | {q[0]:.0f} to {q[2]:.0f} |")
     if ratios:
         print(
-            f"\nRecorder extra / raw-hook extra: {statistics.median(ratios):.2f} "
+            f"\nRecorder extra / raw-hook extra, per round: {statistics.median(ratios):.2f} "
             f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
         )
 

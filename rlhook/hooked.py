@@ -114,16 +114,17 @@ class HookedModule(TensorDictModuleBase):
         """Run the wrapped model on ``td`` and write its outputs into ``td`` (returned)."""
         if not isinstance(td, TensorDictBase):
             raise TypeError(f"a HookedModule is called with a TensorDict, got {type(td).__name__}")
+        model = self._modules["model"]  # (self.model goes through nn.Module.__getattr__: 2 us per frame)
         if self.is_td_module:
-            for key in self.model.in_keys:
+            for key in model.in_keys:
                 get_key(td, key)
-            got = ((k, td.get(k, None)) for k in self.model.out_keys)
-            before = {k: v for k, v in got if v is not None}  # e.g. the taken action
-            out = self.model(td)
+            top = td.keys()
+            # the outputs the forward will overwrite, e.g. the taken action; targets read them with
+            # keys.given ("the action in the batch", not the one just written)
+            before = {k: td.get(k) for k in model.out_keys if (k in top if isinstance(k, str) else k in td)}
+            out = model(td)
             out = td if out is None else out
-            if (
-                before
-            ):  # targets read them with keys.given: "the action in the batch", not the one just written
+            if before:
                 remember_given(out, before)
             return out
         batch = td.batch_size
@@ -138,7 +139,7 @@ class HookedModule(TensorDictModuleBase):
                 kwargs[self._in_spec[key]] = value
             else:
                 args.append(value)
-        out = self.model(*args, **kwargs)
+        out = model(*args, **kwargs)
         for key, value in self._map_outputs(out):
             if flat and isinstance(value, torch.Tensor):
                 value = value.reshape(*batch, *value.shape[1:])
@@ -175,7 +176,9 @@ class HookedModule(TensorDictModuleBase):
         raise TypeError(f"cannot map a model output of type {type(out).__name__} onto TensorDict keys")
 
     # -- get-set API -----------------------------------------------------------------------------------------
-    def run(self, td: TensorDictBase | None = None, *, hooks: Hooks | None = None) -> Run:
+    def run(
+        self, td: TensorDictBase | None = None, *, hooks: Hooks | None = None, reusable: bool = False
+    ) -> Run:
         """Declare saves and sets in a ``with`` block; the model runs once when the block exits.
 
         >>> with hooked.run(td) as run:
@@ -184,10 +187,12 @@ class HookedModule(TensorDictModuleBase):
         >>> run.output["output"], h.resolve()
 
         With ``hooks`` (a method's ``prepared.hooks``) the run is *lasting*: declared once, executed per call.
+        With ``reusable=True`` it is declared once and ``run.execute(td)`` runs it per call, its hooks in place
+        only during that call.
         """
-        if hooks is None and not isinstance(td, TensorDictBase):
+        if hooks is None and not reusable and not isinstance(td, TensorDictBase):
             raise TypeError(f"a HookedModule is called with a TensorDict, got {type(td).__name__}")
-        return Run(self, td, hooks=hooks)
+        return Run(self, td, hooks=hooks, reusable=reusable)
 
     def extra_repr(self) -> str:
         return f"in_keys={self.in_keys}, out_keys={self.out_keys}"

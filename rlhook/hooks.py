@@ -7,12 +7,14 @@ which is how the tests prove nothing is left behind.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+from rlhook.compat import add_hook
 
 __all__ = ["Hooks", "hook_count"]
 
@@ -55,16 +57,25 @@ class Hooks:
         setattr(obj, name, value)
         self.undo(lambda: setattr(obj, name, old))
 
+    def add(self, table: MutableMapping[int, Any], fn: Callable[..., Any]) -> None:
+        """Put ``fn`` into a module's hook table (``module._forward_hooks`` or ``module._forward_pre_hooks``):
+        what ``forward``/``forward_pre`` do with their default options, for callers that keep the table."""
+        self._keep(_Undo(add_hook(table, fn)))
+
     def forward(
         self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
-    ) -> RemovableHandle:
+    ) -> Any:
         """``fn(module, args, output)`` (or ``fn(module, args, kwargs, output)``); may return a new output."""
+        if not (with_kwargs or prepend):  # the common case, without a RemovableHandle (see compat.add_hook)
+            return self._keep(_Undo(add_hook(module._forward_hooks, fn)))
         return self._keep(module.register_forward_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
 
     def forward_pre(
         self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
-    ) -> RemovableHandle:
+    ) -> Any:
         """``fn(module, args)`` (or ``fn(module, args, kwargs)``); may return new args (and kwargs)."""
+        if not (with_kwargs or prepend):
+            return self._keep(_Undo(add_hook(module._forward_pre_hooks, fn)))
         return self._keep(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
 
     def backward(

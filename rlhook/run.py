@@ -16,6 +16,7 @@ Where a method needs a module it has already resolved, it passes the ``(name, mo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -39,6 +40,10 @@ __all__ = ["NeverRanWarning", "Run", "Site", "Value", "grad_inputs", "unflatten"
 #: a module already resolved by ``HookedModule.resolve``: ``(name, module)``; the name may end in an element
 Site = tuple[str, nn.Module]
 Value = "torch.Tensor | Callable[[Any], Any] | Proxy"
+
+
+#: the hook table of each kind of declaration (``Hooks.add`` puts a hook there for one execution)
+_TABLES = {"forward": "_forward_hooks", "forward_pre": "_forward_pre_hooks"}
 
 
 class NeverRanWarning(UserWarning):
@@ -100,13 +105,22 @@ class Run:
 
     A *lasting* run, ``hooked.run(hooks=prepared.hooks)``, registers its declarations once into hooks that live
     as long as a ``prepare`` block, and ``execute(td)`` runs it on each call: the proxies hold the latest call.
+    A *reusable* run, ``hooked.run(reusable=True)``, is declared once too but registers its hooks only for the
+    duration of each ``execute(td)``, so nothing stays on the modules between calls (what a ``Recorder`` does
+    per frame, without declaring anew each time).
     """
 
     def __init__(
-        self, hooked: HookedModule, td: TensorDictBase | None, *, hooks: Hooks | None = None
+        self,
+        hooked: HookedModule,
+        td: TensorDictBase | None,
+        *,
+        hooks: Hooks | None = None,
+        reusable: bool = False,
     ) -> None:
         self.hooked, self.td = hooked, td
         self._lasting = hooks  # a lasting run: its hooks live in these, and it executes once per call
+        self._reusable = reusable or hooks is not None  # executes once per call
         self._ops: list[tuple[str, nn.Module, Callable[..., Any]]] = []
         self._grad_saves: list[tuple[Proxy, Proxy]] = []  # (grad proxy, activation proxy)
         self._needs_grad = False
@@ -132,7 +146,7 @@ class Run:
         return self
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
-        if exc_type is None:
+        if exc_type is None and not (self._reusable and self.td is None):  # a reusable template waits for td
             self.execute()
 
     def _site(self, path: Path | Site) -> tuple[str, nn.Module, elements.Element]:
@@ -159,9 +173,11 @@ class Run:
             self._declare("forward_pre", module, pre)
             return proxy
 
+        where, keep = f"output of {name!r}", proxy.calls.append  # (runs on every call of the module)
+
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
-            value = elements.select(output, element, f"output of {name!r}")
-            proxy.record(value.detach() if detach and isinstance(value, torch.Tensor) else value)
+            value = elements.select(output, element, where) if element else output
+            keep(value.detach() if detach and isinstance(value, torch.Tensor) else value)
 
         self._declare("forward", module, hook)
         return proxy
@@ -279,31 +295,35 @@ class Run:
         return {n: unflatten(v, self.td.batch_size) for n, v in values.items()} if batched else values
 
     def clear(self) -> None:
-        """Drop every recorded value (a lasting run would otherwise keep the latest call's until the next)."""
+        """Drop every recorded value (a lasting or reusable run would otherwise keep the latest call's until the
+        next); a reusable run also lets go of that call's TensorDicts."""
         for proxy in self._proxies:
             proxy.calls.clear()
+        if self._reusable and self._lasting is None:
+            self.td = self.output = None
 
     # -- execution -------------------------------------------------------------------------------------------
     def execute(self, td: TensorDictBase | None = None) -> TensorDictBase:
         """Run the forward with every declaration in place (what leaving the ``with`` block does). A lasting
-        run (``hooked.run(hooks=...)``) executes once per call, on ``td``; its proxies then hold that call."""
-        if self._lasting is None and self.done:
+        or reusable run executes once per call, on ``td``; its proxies then hold that call."""
+        if not self._reusable and self.done:
             raise ProxyError("this run has already executed; start a new one with hooked.run(td)")
         if self._grad_saves and self._target is None:
             raise ProxyError("save_grad needs a target: declare run.backward(target) in the same block")
+        if self._reusable:
+            self.clear()
+            self.done = self.stopped = False
         if td is not None:
             self.td = td
         if self.td is None:
-            raise TypeError("a lasting run executes on a TensorDict: run.execute(td)")
-        if self._lasting is not None:
-            self.clear()
-            self.done = self.stopped = False
+            raise TypeError("a lasting or reusable run executes on a TensorDict: run.execute(td)")
         td = self.td
-        with Hooks() as hooks, torch.set_grad_enabled(self._needs_grad or torch.is_grad_enabled()):
+        grad = self._needs_grad and not torch.is_grad_enabled()
+        with Hooks() as hooks, torch.enable_grad() if grad else contextlib.nullcontext():
             self._hooks = hooks
             if self._lasting is None:
                 for kind, module, fn in self._ops:
-                    getattr(hooks, kind)(module, fn)
+                    hooks.add(getattr(module, _TABLES[kind]), fn)
             if self._needs_grad:
                 td = grad_inputs(td, self.hooked.in_keys)
             try:

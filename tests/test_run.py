@@ -125,3 +125,53 @@ def test_module_called_twice():
         first, last = run.save("lin", call=0), run.save("lin")
     torch.testing.assert_close(first.resolve(), lin(x))
     torch.testing.assert_close(last.resolve(), lin(lin(x)))
+
+
+def test_reusable_run_executes_per_call_and_leaves_no_hook(model, td):
+    hooked = HookedModule(model)
+    with hooked.run(reusable=True) as run:  # declared once; the block does not execute it
+        h = run.save("layers.1")
+        run.set("layers.2", lambda out: 2 * out)
+    assert not run.done and hook_count(model) == 0
+    for scale in (1.0, -3.0):
+        x = td.clone()
+        x["input"] = scale * td["input"]
+        out = run.execute(x)
+        head, acts = manual(model, x["input"], replace={2: lambda out: 2 * out})
+        torch.testing.assert_close(h.resolve(), acts[1])  # this call's value, not the first call's
+        torch.testing.assert_close(out["output"], head)
+        assert len(h.calls) == 1 and hook_count(model) == 0
+    run.clear()  # lets go of the values and of the last call's TensorDicts
+    assert h.calls == [] and run.td is None and run.output is None
+    with pytest.raises(TypeError, match="executes on a TensorDict"):
+        run.execute()
+    bad = TensorDict({"input": torch.randn(6, 3, dtype=torch.float64)}, batch_size=[6])
+    with pytest.raises(RuntimeError):  # a failing forward: hooks still removed, the next call works
+        run.execute(bad)
+    assert hook_count(model) == 0
+    run.execute(td.clone())
+    torch.testing.assert_close(h.resolve(), manual(model, td["input"])[1][1])
+
+
+def test_hooks_share_torchs_handle_ids():
+    """Hooks.forward without options skips RemovableHandle; its ids come from torch's own counter, so removing
+    one hook, ours or torch's, never removes the other."""
+    from rlhook.hooks import Hooks
+
+    lin, seen = torch.nn.Linear(2, 2), []
+    torch_handle = lin.register_forward_hook(lambda m, a, o: seen.append("torch"))
+    with Hooks() as hooks:
+        hooks.forward(lin, lambda m, a, o: seen.append("ours"))
+        hooks.forward_pre(lin, lambda m, a: seen.append("pre"))
+        later = lin.register_forward_hook(lambda m, a, o: seen.append("later"))
+        lin(torch.zeros(2))
+        assert seen == ["pre", "torch", "ours", "later"]
+        torch_handle.remove()
+        seen.clear()
+        lin(torch.zeros(2))
+        assert seen == ["pre", "ours", "later"]
+    seen.clear()
+    lin(torch.zeros(2))
+    assert seen == ["later"]
+    later.remove()
+    assert hook_count(lin) == 0

@@ -7,9 +7,10 @@ capture that reaches the batch is what the policy writes into its output TensorD
 >>> collector = Collector(env, policy, frames_per_batch=200, total_frames=1000)
 >>> batch["rlhook", "module.0.module.act1"]          # [T, 256], next to the observations that caused it
 
-Its hooks live only for the duration of each forward (registered and removed through ``Hooks``), so the
-recorder pickles with the policy, leaves nothing on the user's modules between calls, and its output keys
-are declared up front (the collector's dry run sees them).
+Its capture is one reusable run of the core, declared once: its hooks live only for the duration of each
+forward (registered and removed through ``Hooks``), so the recorder pickles with the policy, leaves nothing on
+the user's modules between calls, and its output keys are declared up front (the collector's dry run sees
+them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from rlhook import elements
 from rlhook.compat import is_vmapped
 from rlhook.hooked import HookedModule
 from rlhook.paths import Path, resolve
+from rlhook.proxy import Proxy
+from rlhook.run import Run
 
 __all__ = ["Recorder"]
 
@@ -91,21 +94,38 @@ class Recorder(TensorDictModuleBase):
         """The TensorDict key of the module recorded as ``name``."""
         return (*self.prefix, name)
 
+    def _capture(self) -> tuple[Run, dict[str, Proxy]]:
+        """The reusable run (declared on first use, per process: it is not pickled or copied) and its saves."""
+        capture = self.__dict__.get("_capture_run")
+        if capture is None:
+            with self._hooked.run(reusable=True) as run:
+                saved = {name: run.save(site, detach=True) for name, site in zip(self.names, self._targets)}
+            capture = self.__dict__["_capture_run"] = (run, saved)
+        return capture
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state = dict(state)
+        state.pop("_capture_run", None)  # closures over this object's proxies: rebuilt where it is used
+        return state
+
     def forward(self, td: TensorDictBase) -> TensorDictBase:
-        with self._hooked.run(td) as run:
-            saved = {name: run.save(site, detach=True) for name, site in zip(self.names, self._targets)}
-        out = run.output
-        values = run.collect(saved)
-        batch = out.batch_size
+        run, saved = self._capture()
+        try:
+            out = run.execute(td)
+            values = run.collect(saved)
+        finally:
+            run.clear()  # hold no activations between calls
+        batch, device = out.batch_size, out.device
         products = {}
         for name, value in values.items():
-            if isinstance(value, PackedSequence):
-                raise TypeError(
-                    f"Recorder: module {name!r} returned a PackedSequence (a recurrent module in recurrent mode packs "
-                    "the sequences of a batch); record it step by step (as collectors run it), or record the "
-                    "module's own output key"
-                )
             if not isinstance(value, torch.Tensor):
+                if isinstance(value, PackedSequence):
+                    raise TypeError(
+                        f"Recorder: module {name!r} returned a PackedSequence (a recurrent module in recurrent mode "
+                        "packs the sequences of a batch); record it step by step (as collectors run it), or record "
+                        "the module's own output key"
+                    )
                 raise TypeError(
                     f"Recorder: module {name!r} returned {type(value).__name__}, not a tensor; name an element of "
                     f"it, e.g. '{elements.first_of(name)}'"
@@ -118,10 +138,12 @@ class Recorder(TensorDictModuleBase):
             if len(batch) > 1 and value.shape[: len(batch)] != batch and value.shape[:1] == (batch.numel(),):
                 value = value.reshape(*batch, *value.shape[1:])  # the policy flattened the batch dims
             products[name] = value
-        products["recorded"] = torch.ones(batch, dtype=torch.bool, device=out.device)
-        sub = out.get(self.prefix, None)
+        on = {} if device is None else {"device": device}  # (passing device=None costs 3 us per frame)
+        products["recorded"] = torch.ones(batch, dtype=torch.bool, **on)
+        prefix = self.prefix
+        sub = out.get(prefix, None) if prefix[0] in out.keys() else None
         if sub is None:  # one nested TensorDict for all the activations: fewer key walks per frame
-            out.set(self.prefix, TensorDict(products, batch_size=batch, device=out.device))
+            out.set(prefix, TensorDict(products, batch_size=batch, **on))
         else:
             for name, value in products.items():
                 sub.set(name, value)

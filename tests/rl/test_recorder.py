@@ -172,3 +172,30 @@ def test_random_exploration_frames_are_marked(actor):
     for batch in batches[1:]:
         assert batch["rlhook", "recorded"].all()
         check(batch, actor)
+
+
+def test_copies_record_their_own_calls_and_hold_nothing_between_calls(actor):
+    """The recorder's run is declared once per object: a pickled or deep-copied recorder records through its
+    own modules, and no activation or hook outlives a call (also after a failing call)."""
+    import copy
+
+    from tensordict import TensorDict
+
+    rec = Recorder(actor, LAYERS)
+    obs = torch.randn(5, actor.module[0].module.fc0.in_features)
+    first = rec(TensorDict({"observation": obs}, batch_size=[5]))
+    twin = copy.deepcopy(rec)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(-1.0)
+    for other in (twin, pickle.loads(pickle.dumps(twin))):
+        got = other(TensorDict({"observation": obs}, batch_size=[5]))
+        torch.testing.assert_close(got["rlhook", NAMES[0]], hidden(other.policy, obs)[NAMES[0]])
+        assert not torch.allclose(got["rlhook", NAMES[0]], first["rlhook", NAMES[0]])
+    again = rec(TensorDict({"observation": obs}, batch_size=[5]))  # the original is unaffected
+    torch.testing.assert_close(again["rlhook", NAMES[1]], first["rlhook", NAMES[1]])
+    run, saved = rec._capture()
+    assert all(p.calls == [] for p in saved.values()) and run.td is None
+    with pytest.raises(RuntimeError):
+        rec(TensorDict({"observation": torch.randn(5, 3)}, batch_size=[5]))
+    assert hook_count(actor) == 0 and all(p.calls == [] for p in saved.values())
