@@ -9,7 +9,16 @@ from typing import Any
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-__all__ = ["MissingKeyError", "get_key", "given", "join", "present_keys", "remember_given", "source_td"]
+__all__ = [
+    "MissingKeyError",
+    "get_key",
+    "given",
+    "join",
+    "keep_given",
+    "present_keys",
+    "remember_given",
+    "source_td",
+]
 
 _MISSING = object()
 
@@ -51,6 +60,15 @@ def remember_given(out: TensorDictBase, values: dict) -> None:
             del _GIVEN[i]
 
     _GIVEN[i] = (weakref.ref(out, forget), {_flat(k): v for k, v in values.items()})
+
+
+def keep_given(src: TensorDictBase, dst: TensorDictBase) -> TensorDictBase:
+    """``dst``, a copy of ``src`` (a clone of a forward's output, the clean inputs of a patched run), with
+    ``src``'s record of the values its forward overwrote: targets on ``dst`` still read the batch's action."""
+    entry = _GIVEN.get(id(src))
+    if entry is not None and entry[0]() is src and dst is not src:
+        remember_given(dst, entry[1])
+    return dst
 
 
 def given(td: TensorDictBase, key: NestedKey, what: str = "input") -> Any:

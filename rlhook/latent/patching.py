@@ -18,7 +18,7 @@ from tensordict import TensorDictBase
 
 from rlhook import elements
 from rlhook.hooks import Hooks
-from rlhook.keys import source_td
+from rlhook.keys import keep_given, source_td
 from rlhook.methods import Method, Prepared
 from rlhook.paths import Path
 from rlhook.targets import Target, evaluate
@@ -95,7 +95,7 @@ class PatchEffects(Method):
 
     def fresh(self, hooked: Prepared, td: TensorDictBase) -> TensorDictBase:
         """The clean inputs of ``td`` without the source inputs and without earlier outputs."""
-        return td.exclude(self.key("source"), *hooked.out_keys).copy()
+        return keep_given(td, td.exclude(self.key("source"), *hooked.out_keys).copy())
 
     def write_outputs(
         self, td: TensorDictBase, role: str, name: str | None, out: TensorDictBase, keys
@@ -194,9 +194,9 @@ class ActivationPatching(PatchEffects):
         out_keys, sites = hooked.out_keys, hooked.state.modules
         with hooked.run(source_td(td, hooked.in_keys, self.key("source"))) as run:
             saved = {name: run.save((name, module)) for name, module in sites}
-        source_out = run.output.clone(False)
+        source_out = keep_given(run.output, run.output.clone(False))
         src_acts = run.collect(saved)
-        clean_out = hooked.model_forward(td).clone(False)
+        clean_out = keep_given(td, hooked.model_forward(td).clone(False))
         self.write_outputs(td, "source", None, source_out, out_keys)
         names = [n for n, _ in sites if n in src_acts]  # modules a pattern selected that never ran: reported
         groups = [names] if self.jointly else [[n] for n in names]
