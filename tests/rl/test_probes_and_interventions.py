@@ -135,3 +135,41 @@ def test_probes_as_a_torchrl_trainer_op():
     trainer.train()
     assert sorted({r["frames"] for r in probes.history}) == [100, 200]
     assert {r["model"] for r in probes.history} == {"trained", "random_init", "raw_obs", "shuffled"}
+
+
+@pytest.mark.parametrize("kind", ["csv", "tensorboard"])
+def test_every_logged_scalar_equals_the_history(actor_and_batch, tmp_path, kind):
+    """TorchRL's CSV and TensorBoard loggers receive every score in ``history``, at its frame count."""
+    from torchrl.record.loggers import CSVLogger, TensorboardLogger
+
+    if kind == "tensorboard":
+        pytest.importorskip("tensorboard")
+        logger = TensorboardLogger(exp_name="probes", log_dir=str(tmp_path))
+    else:
+        logger = CSVLogger(exp_name="probes", log_dir=str(tmp_path))
+    actor, batch = actor_and_batch
+    probes = TrainingProbes(actor, ACT1, lambda b: {"tip_y": b["physics", "tip_y"]}, logger=logger)
+    probes(batch, frames=400)
+    probes(batch[:200], frames=600)
+    want = {
+        (f"probe/{r['model']}/{r['quantity']}/{r['layer']}", r["frames"]): r["r2"] for r in probes.history
+    }
+    assert len(want) == 8  # 4 models x 2 probe calls
+    got = {}
+    if kind == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        logger.experiment.flush()
+        (folder,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
+        events = EventAccumulator(str(folder)).Reload()
+        for tag in events.Tags()["scalars"]:
+            got.update({(tag, e.step): e.value for e in events.Scalars(tag)})
+    else:
+        for path in tmp_path.rglob("*.csv"):  # .../scalars/probe/<model>/<quantity>/<layer>.csv
+            tag = path.with_suffix("").as_posix().split("/scalars/", 1)[1]
+            for line in path.read_text().splitlines():
+                step, value = line.split(",")
+                got[tag, int(float(step))] = float(value)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
