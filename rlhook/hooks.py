@@ -60,14 +60,14 @@ class Hooks:
     def add(self, table: MutableMapping[int, Any], fn: Callable[..., Any]) -> None:
         """Put ``fn`` into a module's hook table (``module._forward_hooks`` or ``module._forward_pre_hooks``):
         what ``forward``/``forward_pre`` do with their default options, for callers that keep the table."""
-        self._keep(_Undo(add_hook(table, fn)))
+        self._handles.append(_Entry(table, add_hook(table, fn)))
 
     def forward(
         self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
     ) -> Any:
         """``fn(module, args, output)`` (or ``fn(module, args, kwargs, output)``); may return a new output."""
         if not (with_kwargs or prepend):  # the common case, without a RemovableHandle (see compat.add_hook)
-            return self._keep(_Undo(add_hook(module._forward_hooks, fn)))
+            return self._keep(_Entry(module._forward_hooks, add_hook(module._forward_hooks, fn)))
         return self._keep(module.register_forward_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
 
     def forward_pre(
@@ -75,7 +75,7 @@ class Hooks:
     ) -> Any:
         """``fn(module, args)`` (or ``fn(module, args, kwargs)``); may return new args (and kwargs)."""
         if not (with_kwargs or prepend):
-            return self._keep(_Undo(add_hook(module._forward_pre_hooks, fn)))
+            return self._keep(_Entry(module._forward_pre_hooks, add_hook(module._forward_pre_hooks, fn)))
         return self._keep(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
 
     def backward(
@@ -107,6 +107,18 @@ class Hooks:
                 error = error or exc
         if error is not None:
             raise error
+
+
+class _Entry:
+    """A handle-like object for a hook put straight into a module's hook table (see ``compat.add_hook``)."""
+
+    __slots__ = ("table", "key")
+
+    def __init__(self, table: MutableMapping[int, Any], key: int) -> None:
+        self.table, self.key = table, key
+
+    def remove(self) -> None:
+        self.table.pop(self.key, None)
 
 
 class _Undo:
