@@ -2,7 +2,8 @@
 
 Options (``GradientOptions``, set once on every gradient method):
 
-- ``target``: what is explained (see ``rlhook.targets``); a TensorDict target gives one map per entry.
+- ``target``: what is explained (see ``rlhook.targets``); a TensorDict target gives one map per entry;
+  ``Aggregate(target)``, one value for the whole batch, where the method's ``aggregate`` flag is set.
 - ``inputs``: the input keys attributed to (default: the hooked module's floating ``in_keys``).
 - ``layers``: module paths whose *outputs* are attributed to as well (layer attribution).
 - ``layer_input``: attribute to each layer's first positional *input* instead of its output (captum's
@@ -338,9 +339,9 @@ def _vjps(
                 "check the target and inputs=..."
             )
     if batched and len(names) > 1:
-        stacked = torch.stack([scores[n] for n in names])  # (K, rows)
+        stacked = torch.stack([scores[n] for n in names])  # (K, rows), or (K,) for Aggregate targets
         eye = torch.eye(len(names), dtype=stacked.dtype, device=stacked.device)
-        grad_out = eye[:, :, None].expand(-1, -1, stacked.shape[1])
+        grad_out = eye if stacked.dim() == 1 else eye[:, :, None].expand(-1, -1, stacked.shape[1])
         gs = torch.autograd.grad(
             stacked, wrt, grad_outputs=grad_out, is_grads_batched=True, allow_unused=True
         )

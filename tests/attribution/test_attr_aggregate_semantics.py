@@ -146,14 +146,15 @@ def test_several_aggregate_targets_in_one_call_equal_separate_runs():
         lambda out: TensorDict({"a": out["output"][:, 0].sum(), "b": out["output"][:, 2].mean() ** 2}, [])
     )
     for make in (
-        lambda t: Saliency(t, abs=False),
+        lambda t, **kw: Saliency(t, abs=False, **kw),
         FeatureAblation,
-        lambda t: IntegratedGradients(t, n_steps=4),
+        lambda t, **kw: IntegratedGradients(t, n_steps=4, **kw),
     ):
-        with make(both).prepare(lin) as hooked:
-            maps = hooked(td.clone())["attr"]
-        for name, single in (("a", a), ("b", b)):
-            torch.testing.assert_close(maps[name, "input"], _attr(make(single), lin, td))
+        for batched in (False, True):  # one backward per target, or one batched backward
+            with make(both, batched=batched).prepare(lin) as hooked:
+                maps = hooked(td.clone())["attr"]
+            for name, single in (("a", a), ("b", b)):
+                torch.testing.assert_close(maps[name, "input"], _attr(make(single), lin, td))
 
 
 class _Loss(TensorDictModuleBase):
