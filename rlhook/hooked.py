@@ -143,7 +143,18 @@ class HookedModule(TensorDictModuleBase):
         for key, value in self._map_outputs(out):
             if flat and isinstance(value, torch.Tensor):
                 value = value.reshape(*batch, *value.shape[1:])
-            td.set(key, value)
+            try:
+                td.set(key, value)
+            except RuntimeError as e:
+                if not isinstance(value, torch.Tensor) or value.shape[: len(batch)] == batch:
+                    raise
+                raise ValueError(
+                    f"the model's output {key!r} has shape {tuple(value.shape)}, which does not start with the "
+                    f"batch shape {tuple(batch)}: outputs go into the batch's TensorDict. For one value of the "
+                    "whole batch (a loss), return per-example outputs and reduce in the target, "
+                    "target=Aggregate(lambda out: out['output'].sum()), or use a TensorDictModule that returns a "
+                    "TensorDict with batch_size [] (as TorchRL losses do) and target=Aggregate(key)"
+                ) from e
         return td
 
     def _map_outputs(self, out: Any) -> list[tuple[NestedKey, torch.Tensor]]:

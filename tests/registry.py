@@ -54,7 +54,7 @@ from rlhook.latent import (
     SteeringVectors,
 )
 from rlhook.rl import Ablation
-from rlhook.targets import CategoricalKL
+from rlhook.targets import Aggregate, CategoricalKL
 from rlhook.weights import LowRank, Pruning, Splice, TaskVector
 from tests.models import MLP
 
@@ -88,6 +88,11 @@ def two(out: TensorDict) -> TensorDict:
 def count(out: TensorDict) -> torch.Tensor:
     """An integer-valued target (perturbation methods accept it)."""
     return (out["output"] > 0).sum(-1)
+
+
+def mean_square(out: TensorDict) -> torch.Tensor:
+    """One value for the whole batch (an ``Aggregate`` target): the mean squared output."""
+    return out["output"].pow(2).mean()
 
 
 def reference_set(td: TensorDict) -> torch.Tensor:
@@ -218,6 +223,15 @@ ROWS: dict[str, Row] = {
         lambda: FeaturePermutation(two), per_example=False, empty=False, chunk={"chunk_size": 4}
     ),
     "perturbation": Row(lambda: PerturbationSaliency(first), chunk={"chunk_size": 5}),
+    # one value for the whole batch: a forward holds one whole batch, so chunks are whole batches
+    "ig_aggregate": Row(
+        lambda: IntegratedGradients(Aggregate(mean_square), n_steps=4),
+        per_example=False,
+        chunk={"chunk_size": 12},
+    ),
+    "ablation_aggregate": Row(
+        lambda: FeatureAblation(Aggregate(mean_square)), per_example=False, chunk={"chunk_size": 12}
+    ),
     "attribution_patching": Row(lambda: AttributionPatching(two, layers=r"layers\.\d")),
     "relevance_patching": Row(
         lambda: RelevancePatching(two, layers=r"layers\.\d", rules=[ConstantNormScale()])

@@ -2,7 +2,8 @@
 
 Options (``GradientOptions``, set once on every gradient method):
 
-- ``target``: what is explained (see ``rlhook.targets``); a TensorDict target gives one map per entry.
+- ``target``: what is explained (see ``rlhook.targets``); a TensorDict target gives one map per entry;
+  ``Aggregate(target)``, one value for the whole batch, where the method's ``aggregate`` flag is set.
 - ``inputs``: the input keys attributed to (default: the hooked module's floating ``in_keys``).
 - ``layers``: module paths whose *outputs* are attributed to as well (layer attribution).
 - ``layer_input``: attribute to each layer's first positional *input* instead of its output (captum's
@@ -28,13 +29,14 @@ from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
 from rlhook import elements
+from rlhook.attribution.aggregate import check_aggregate, whole_batches
 from rlhook.hooks import Hooks
 from rlhook.keys import get_key
 from rlhook.methods import Method, Prepared, check_count
 from rlhook.paths import Path
 from rlhook.proxy import Proxy
 from rlhook.run import Run, Site
-from rlhook.targets import SINGLE, Target, evaluate
+from rlhook.targets import SINGLE, Target, evaluate, is_aggregate
 
 __all__ = [
     "GradientMethod",
@@ -74,6 +76,8 @@ class GradientMethod(Method):
     keys = {"attr": "attr", "delta": "attr_delta"}
     #: whether ``attribute`` runs with gradients on (perturbation methods turn it off)
     needs_grad: bool = True
+    #: whether the method explains an ``Aggregate`` target (one value for the whole batch)
+    aggregate: bool = False
 
     def __init__(self, target: Target | None = None, **options: object) -> None:
         unknown = sorted(set(options) - set(GradientOptions.__dataclass_fields__))
@@ -93,11 +97,13 @@ class GradientMethod(Method):
                 f"{type(self).__name__} needs target=... (an output key, a callable or a preset)"
             )
         check_count("chunk_size", self.options.chunk_size, optional=True)
+        check_aggregate(self)
         if self.options.key != "attr":
             self.set_keys(attr=self.options.key, delta=f"{self.options.key}_delta")
 
     def setup(self, hooked: Prepared, hooks: Hooks) -> None:
         opts = self.options
+        check_aggregate(self)
         hooked.state.layers = hooked.resolve(opts.layers) if opts.layers is not None else []
         hooked.state.layer_input = opts.layer_input
 
@@ -256,7 +262,9 @@ def gradients(
     weights = weights.to(device) if device is not None else weights
     sums: dict[str | None, dict[NestedKey, torch.Tensor]] = {}
     squares: dict[str | None, dict[NestedKey, torch.Tensor]] | None = {} if square else None
-    for start, stop in _split_rows(n_rows, chunk_size):
+    aggregate = is_aggregate(target)
+    spans = whole_batches(n_ex, n_rows, chunk_size) if aggregate else _split_rows(n_rows, chunk_size)
+    for start, stop in spans:  # an Aggregate target: one point of the path (the whole batch) per forward
         rows = torch.arange(start, stop, device=device)
         step, ex = rows // n_ex, rows % n_ex
         chunk = flat[ex]
@@ -331,9 +339,9 @@ def _vjps(
                 "check the target and inputs=..."
             )
     if batched and len(names) > 1:
-        stacked = torch.stack([scores[n] for n in names])  # (K, rows)
+        stacked = torch.stack([scores[n] for n in names])  # (K, rows), or (K,) for Aggregate targets
         eye = torch.eye(len(names), dtype=stacked.dtype, device=stacked.device)
-        grad_out = eye[:, :, None].expand(-1, -1, stacked.shape[1])
+        grad_out = eye if stacked.dim() == 1 else eye[:, :, None].expand(-1, -1, stacked.shape[1])
         gs = torch.autograd.grad(
             stacked, wrt, grad_outputs=grad_out, is_grads_batched=True, allow_unused=True
         )

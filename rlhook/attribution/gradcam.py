@@ -42,6 +42,8 @@ class GradCAM(GradientMethod):
             ``w_c A_c`` (the layer output's shape; captum's ``attr_dim_summation=False``).
     """
 
+    aggregate = True
+
     def __init__(
         self,
         target: Target | None = None,

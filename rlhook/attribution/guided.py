@@ -30,6 +30,8 @@ class GuidedBackprop(GradientMethod):
     Reads the attributed inputs; writes ``("attr", k)`` (or ``("attr", name, k)``), same shape as ``k``.
     """
 
+    aggregate = True
+
     def __init__(
         self,
         target: Target | None = None,

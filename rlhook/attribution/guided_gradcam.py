@@ -30,6 +30,8 @@ class GuidedGradCAM(GuidedBackprop):
     Reads the attributed inputs; writes ``("attr", k)`` (or ``("attr", name, k)``), same shape as ``k``.
     """
 
+    aggregate = False  # needs a value per example
+
     def __init__(
         self,
         target: Target | None = None,

@@ -20,7 +20,7 @@ from rlhook.attribution.base import (
 )
 from rlhook.keys import join
 from rlhook.methods import Prepared, check_count
-from rlhook.targets import Target, evaluate
+from rlhook.targets import Target, evaluate, is_aggregate
 
 __all__ = ["IntegratedGradients", "PathRule", "path_points"]
 
@@ -69,7 +69,12 @@ class IntegratedGradients(GradientMethod):
         multiply_by_inputs: multiply by ``x - baseline`` (the usual IG); ``False`` gives the path-averaged
             gradient.
         delta: also write the convergence delta (one extra forward on inputs and baselines).
+
+    An ``Aggregate`` target (one value ``F`` for the whole batch) integrates ``dF/dx`` along the path of the
+    whole batch, one forward per point; the gap is the batch's one gap, repeated in every row.
     """
+
+    aggregate = True
 
     def __init__(
         self,
@@ -138,6 +143,8 @@ class IntegratedGradients(GradientMethod):
             for t, m in sums.items():
                 parts = list(keys) if not layers else [layers[0][0]]
                 total = sum(m[k].reshape(m[k].shape[0], -1).sum(-1) for k in parts)
+                if is_aggregate(o.target):  # one gap for the batch, repeated in every row
+                    total = total.sum().expand(n_ex)
                 hooked.state.deltas[t] = total - (ends["f_x"][t] - ends["f_b"][t]).to(total.dtype)
         return sums
 
@@ -162,7 +169,14 @@ class IntegratedGradients(GradientMethod):
         return base
 
     def _endpoints(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey], base: dict) -> dict:
-        """Targets and layer outputs at the inputs and at the baselines (one no-grad forward of 2B rows)."""
+        """Targets and layer outputs at the inputs and at the baselines (one no-grad forward of 2B rows; two
+        forwards of B rows for an ``Aggregate`` target)."""
+        if is_aggregate(self.options.target):
+            at_b = flat.clone(False)
+            for k in keys:
+                at_b.set(k, base[k])
+            x_end, b_end = (self._endpoints_of(hooked, part) for part in (flat, at_b))
+            return {"f_x": x_end[0], "f_b": b_end[0], "layers_x": x_end[1], "layers_b": b_end[1]}
         n = flat.batch_size[0]
         both = torch.cat([flat, flat])
         for k in keys:
@@ -178,6 +192,14 @@ class IntegratedGradients(GradientMethod):
             "layers_x": {k: v[:n] for k, v in store.items()},
             "layers_b": {k: v[n:] for k, v in store.items()},
         }
+
+    def _endpoints_of(self, hooked: Prepared, flat: TensorDictBase) -> tuple[dict, dict]:
+        """``(targets, layer outputs)`` on ``flat`` (no gradients)."""
+        with torch.no_grad(), hooked.run(flat.clone(False)) as run:
+            saved = {name: save_layer(run, hooked, (name, module)) for name, module in hooked.state.layers}
+            sites = target_sites(run, self.options.target)
+        store = run.collect(saved)
+        return evaluate(self.options.target, put_target_sites(run, run.output, sites), batch_dims=1), store
 
 
 def _float_dtype(values: dict) -> torch.dtype:

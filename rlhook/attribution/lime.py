@@ -20,7 +20,7 @@ from rlhook.attribution.features import FeatureMask, feature_positions, spread
 from rlhook.attribution.occlusion import PerturbationMethod
 from rlhook.extras import require
 from rlhook.methods import Prepared, check_count
-from rlhook.targets import Target
+from rlhook.targets import Target, is_aggregate
 
 __all__ = ["KernelShap", "Lime", "weighted_linear_fit"]
 
@@ -57,7 +57,8 @@ class Lime(PerturbationMethod):
 
     Draws come from a generator seeded with ``seed`` (``torch.bernoulli`` per sample: captum's draws for one
     example after ``torch.manual_seed(seed)``); they are shared by the examples of a batch, where captum draws
-    anew for each example. Cost: ``n_samples x B`` rows, whatever the number of targets.
+    anew for each example. Cost: ``n_samples x B`` rows, whatever the number of targets. For an ``Aggregate``
+    target the distance is between the whole batch and its perturbed version (one fit, as captum).
 
     Reads the attributed inputs, ``("baseline", k)`` and ``("feature_mask", k)`` (see ``FeatureAblation``);
     writes ``("attr", k)`` (or ``("attr", name, k)``): each element holds its feature's coefficient.
@@ -103,7 +104,8 @@ class Lime(PerturbationMethod):
                 prod = (pair[a].double() * pair[b].double()).reshape(n_ex, -1)
                 part = prod.new_zeros(n_ex, n_f).scatter_add_(1, position[k].reshape(n_ex, -1), prod)
                 total = part if total is None else total + part
-            stats[name] = total
+            # an Aggregate target: one distance between the whole batch and its perturbed version (captum)
+            stats[name] = total.sum(0, keepdim=True) if is_aggregate(self.options.target) else total
         zf = z.to(torch.float64)
         if self.distance == "cosine":
             dot = stats["xx"] @ zf.t() + stats["xb"] @ (1 - zf).t()  # (B, N)

@@ -17,6 +17,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
+from rlhook.attribution.aggregate import check_aggregate
 from rlhook.attribution.base import GradientMethod, gradients
 from rlhook.hooks import Hooks
 from rlhook.methods import Prepared, check_count
@@ -104,9 +105,11 @@ class NoiseTunnel(GradientMethod):
         self.method, self.kind, self.n_samples, self.stdev, self.seed = method, kind, n_samples, stdev, seed
         self.delta = delta
         self.options = method.options
+        check_aggregate(self)
         self.set_keys(**method.key_map())
 
     def setup(self, hooked: Prepared, hooks: Hooks) -> None:
+        check_aggregate(self)
         self.method.setup(hooked, hooks)
 
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:

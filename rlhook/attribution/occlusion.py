@@ -15,10 +15,11 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
+from rlhook.attribution.aggregate import whole_batches
 from rlhook.attribution.base import GradientMethod, baselines, target_forward
 from rlhook.attribution.features import FeatureMask, as_dict, feature_positions, spread
 from rlhook.methods import Prepared
-from rlhook.targets import Target, evaluate
+from rlhook.targets import Target, evaluate, is_aggregate
 
 __all__ = ["FeatureAblation", "Occlusion", "PerturbationMethod", "perturbation_scores"]
 
@@ -31,12 +32,13 @@ Score = Callable[[TensorDictBase, torch.Tensor], dict]
 
 def drops_from(hooked: Prepared, flat: TensorDictBase, target: Target | None) -> Score:
     """The score of perturbed rows, ``f(x) - f(x perturbed)`` per target, with ``f(x)`` from one unperturbed
-    forward without gradients."""
+    forward without gradients (one value of the whole batch for an ``Aggregate`` target)."""
     with torch.no_grad():
         f_x = evaluate(target, target_forward(hooked, flat.clone(False), target), 1, floating=False)
 
     def score(out: TensorDictBase, ex: torch.Tensor) -> dict:
-        return {t: f_x[t][ex] - v for t, v in evaluate(target, out, 1, floating=False).items()}
+        values = evaluate(target, out, 1, floating=False).items()
+        return {t: (f_x[t] if f_x[t].dim() == 0 else f_x[t][ex]) - v for t, v in values}
 
     return score
 
@@ -52,15 +54,22 @@ def perturbation_scores(
 ) -> dict[str | None, torch.Tensor]:
     """``{target name: (n_perturb, B)}``: ``score`` of every perturbation of every example. Rows (perturbation
     ``p``, example ``ex``) are ordered ``p * B + ex`` and run ``chunk_size`` at a time, without gradients.
-    ``target``: the target ``score`` evaluates (its ``Neuron`` module outputs are saved in each forward)."""
+    ``target``: the target ``score`` evaluates (its ``Neuron`` module outputs are saved in each forward). An
+    ``Aggregate`` target runs one perturbation of the whole batch per forward; its one score per perturbation
+    is repeated over the batch."""
     n_ex = flat.batch_size[0]
     n_rows = n_perturb * n_ex
     size = n_rows if chunk_size is None else chunk_size
+    spans = (
+        whole_batches(n_ex, n_rows, chunk_size)
+        if is_aggregate(target)
+        else [(s, min(s + size, n_rows)) for s in range(0, n_rows, max(size, 1))]
+    )
     result: dict[str | None, torch.Tensor] = {}
     device = next((t.device for t in flat.values(True, True) if isinstance(t, torch.Tensor)), None)
     with torch.no_grad():
-        for start in range(0, n_rows, size):
-            rows_i = torch.arange(start, min(start + size, n_rows), device=device)
+        for start, stop in spans:
+            rows_i = torch.arange(start, stop, device=device)
             p, ex = rows_i // n_ex, rows_i % n_ex
             rows = flat[ex]
             perturb(rows, p, ex)
@@ -74,6 +83,8 @@ def perturbation_scores(
 class PerturbationMethod(GradientMethod):
     """Base of the perturbation methods: the shared options (target, inputs, chunk_size = rows per forward,
     key), no gradients. ``layers`` and ``batched`` do not apply."""
+
+    aggregate = True
 
     needs_grad = False
 

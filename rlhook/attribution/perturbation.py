@@ -71,6 +71,8 @@ class PerturbationSaliency(PerturbationMethod):
     same shape as ``k``.
     """
 
+    aggregate = False  # needs a value per example
+
     def __init__(
         self,
         target: Target | None = None,

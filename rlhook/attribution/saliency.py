@@ -18,6 +18,8 @@ class Saliency(GradientMethod):
     Reads the attributed inputs; writes ``("attr", k)`` (or ``("attr", name, k)``), same shape as ``k``.
     """
 
+    aggregate = True
+
     def __init__(self, target: Target | None = None, *, abs: bool = True, **options: object) -> None:
         super().__init__(target, **options)
         self.abs = abs
@@ -34,6 +36,8 @@ class InputXGradient(GradientMethod):
 
     For layers (``layers=[...]``) the layer's output takes the place of the input.
     """
+
+    aggregate = True
 
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         sums = self.input_gradients(hooked, flat, keys)

@@ -13,11 +13,21 @@ A target is
 
 A target that returns a TensorDict of K entries explains K things at once (one map each). Every target
 tensor is reduced to one number per example by summing the dimensions after the batch dimensions, so a
-target of shape ``batch + (d,)`` explains the sum of its ``d`` entries.
+target of shape ``batch + (d,)`` explains the sum of its ``d`` entries. ``Aggregate(target)`` explains one
+value for the whole batch (a loss over the batch; captum's aggregate mode).
 """
 
 from rlhook.targets.contrasts import CategoricalKL, LogitDiff, NormalKL
-from rlhook.targets.core import SINGLE, ClassLogit, OutputKey, Target, as_callable, evaluate
+from rlhook.targets.core import (
+    SINGLE,
+    Aggregate,
+    ClassLogit,
+    OutputKey,
+    Target,
+    as_callable,
+    evaluate,
+    is_aggregate,
+)
 from rlhook.targets.outcomes import WDL
 from rlhook.targets.policy import (
     ActionLogProb,
@@ -32,6 +42,8 @@ from rlhook.targets.policy import (
 __all__ = [
     "Target",
     "ClassLogit",
+    "Aggregate",
+    "is_aggregate",
     "OutputKey",
     "as_callable",
     "evaluate",
