@@ -51,9 +51,13 @@ $(BENCH)/venv-vision/.installed: benchmarks/paper/requirements-vision.txt
 
 bench-venv: $(BENCH)/venv/.installed $(BENCH)/venv-vision/.installed
 
+# reports/bench/ (every task, 2 threads), reports/bench-1thread/ (IG and LRP on 1 thread) and the bundle sizes, then
+# the results are recorded in benchmarks/paper/results/ and the README's tables rewritten from them.
 bench: bench-venv
 	$(BENCH)/venv/bin/python -m benchmarks.paper.bench $(BENCH_ARGS)
+	$(BENCH)/venv/bin/python -m benchmarks.paper.bench $(BENCH_ARGS) --tasks ig lrp --threads 1 --out reports/bench-1thread
 	$(BENCH)/venv/bin/python -m benchmarks.paper.bundle_size
+	$(BENCH)/venv/bin/python -m benchmarks.paper.readme --record reports/bench reports/bench-1thread
 
 bundle: $(BENCH)/venv/.installed
 	$(BENCH)/venv/bin/python -m benchmarks.paper.bundle_size

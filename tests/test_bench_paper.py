@@ -1,5 +1,5 @@
 """The paper benchmark's task scripts at their smallest configuration, with the libraries CI has (rlhook,
-captum, torch): each runs, the libraries agree, and the driver's summary and tables hold together."""
+captum, torch): each runs, the libraries agree, and the driver's summary and tables hold together; the README's tables are the recorded results."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 import pytest
 import torch
 
+from benchmarks.paper import readme
 from benchmarks.paper.accuracy import compare
+from benchmarks.paper.bundle_size import markdown
 from benchmarks.paper.grids import TASKS
 from benchmarks.paper.measure import parse_time
 from benchmarks.paper.summary import summarise, write_tables
@@ -87,3 +89,38 @@ def test_parse_time_reads_gnu_time_verbose():
     assert parse_time(text) == pytest.approx(
         dict(user_s=1.5, sys_s=0.25, cpu_pct=150.0, wall_s=1.2, rss_mb=200.0, cpu_s=1.75)
     )
+
+
+def test_readme_tables_are_the_recorded_results():
+    text = readme.README.read_text()
+    assert readme.render(text) == text, "README tables differ from benchmarks/paper/results/: run readme.py"
+    for file, drop_bare in readme.SECTIONS.values():
+        assert readme.table(readme.RESULTS / file, drop_bare) in text
+    # the bundle table is the one bundle_size.py makes from its recorded rows
+    rows = json.loads((readme.RESULTS / "bundle.json").read_text())
+    assert markdown(rows) == (readme.RESULTS / "bundle.md").read_text()
+
+
+def test_render_rewrites_only_the_marked_tables(tmp_path):
+    header = "| task | lib |\n|---|---|\n"
+    (tmp_path / "ratios.md").write_text("`cmd`: ratios\n\n" + header + "| ig | bare |\n| ig | captum |\n")
+    (tmp_path / "ratios-1thread.md").write_text(header + "| ig | tdhook |\n")
+    (tmp_path / "bundle.md").write_text("| venv | MB |\n|---|---:|\n| + rlhook | 960 |\n")
+    block = lambda name, body: f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->"  # noqa: E731
+    old = "\n\n".join(
+        [
+            "intro",
+            block("ratios", "| old |"),
+            "prose",
+            block("ratios-1thread", "| old |"),
+            block("bundle", ""),
+        ]
+    )
+    new = readme.render(old, tmp_path)
+    assert new.startswith("intro\n\n<!-- bench:ratios -->\n| task | lib |\n|---|---|\n| ig | captum |\n<!--")
+    assert (
+        "| bare |" not in new and "| old |" not in new and "| + rlhook | 960 |" in new and "\nprose\n" in new
+    )
+    assert readme.render(new, tmp_path) == new
+    with pytest.raises(ValueError, match="bench:bundle"):
+        readme.render(old.replace("<!-- /bench:bundle -->", ""), tmp_path)

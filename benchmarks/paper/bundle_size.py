@@ -90,6 +90,12 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
+    (out / "bundle.md").write_text(markdown(rows))
+    plot(rows, out / "bundle.png")
+
+
+def markdown(rows: list[dict]) -> str:
+    """The bundle table (``bundle.md``) from the rows of ``bundle.json``."""
     lines = ["| venv | MB | files | over torch alone |", "|---|---:|---:|---:|"]
     for r in rows:
         if r.get("mb") is None:
@@ -98,8 +104,7 @@ def main() -> None:
             lines.append(
                 f"| {r['install']} | {r['mb']:,} | {r['files']:,} | +{r['extra_mb']} MB, +{r['extra_files']:,} files |"
             )
-    (out / "bundle.md").write_text("\n".join(lines) + "\n")
-    plot(rows, out / "bundle.png")
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -155,10 +155,16 @@ class GradientMethod(Method):
         raise NotImplementedError
 
     def input_gradients(
-        self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey], target: Target | None = None
+        self,
+        hooked: Prepared,
+        flat: TensorDictBase,
+        keys: list[NestedKey],
+        target: Target | None = None,
+        values: dict[str | None, torch.Tensor] | None = None,
     ) -> dict[str | None, dict[NestedKey, torch.Tensor]]:
         """Gradients of every target (``target``, default the option) at the inputs themselves (one point),
-        w.r.t. ``keys`` and the layers."""
+        w.r.t. ``keys`` and the layers. A ``values`` dict is filled with each target's value per example
+        ``(B,)`` from the same forward (detached), so a method that needs them runs no second forward."""
         o = self.options
         sums, _ = gradients(
             hooked,
@@ -171,6 +177,7 @@ class GradientMethod(Method):
             layers=hooked.state.layers,
             chunk_size=o.chunk_size,
             batched=o.batched,
+            values=values,
         )
         return sums
 
@@ -241,6 +248,7 @@ def gradients(
     batched: bool | None = None,
     square: bool = False,
     patch_layers: bool = False,
+    values: dict[str | None, torch.Tensor] | None = None,
 ) -> tuple[
     dict[str | None, dict[NestedKey, torch.Tensor]], dict[str | None, dict[NestedKey, torch.Tensor]] | None
 ]:
@@ -251,7 +259,8 @@ def gradients(
     same sum of squared gradients. Rows are (point, example) pairs, ``chunk_size`` rows per forward; all
     targets share that forward and take one backward each (or one batched backward). With ``patch_layers``
     each layer's output is *replaced* by ``points(layer, step, ex)`` (the layer taken as the input, as in
-    layer integrated gradients); otherwise gradients are taken at the layer's own output.
+    layer integrated gradients); otherwise gradients are taken at the layer's own output. A ``values`` dict
+    is filled with each target's value per row, detached, shape ``(n_points * B,)`` in row order (point-major).
     """
     n_ex = flat.batch_size[0]
     n_rows = n_points * n_ex
@@ -262,6 +271,7 @@ def gradients(
     weights = weights.to(device) if device is not None else weights
     sums: dict[str | None, dict[NestedKey, torch.Tensor]] = {}
     squares: dict[str | None, dict[NestedKey, torch.Tensor]] | None = {} if square else None
+    parts: dict[str | None, list[torch.Tensor]] = {}
     aggregate = is_aggregate(target)
     spans = whole_batches(n_ex, n_rows, chunk_size) if aggregate else _split_rows(n_rows, chunk_size)
     for start, stop in spans:  # an Aggregate target: one point of the path (the whole batch) per forward
@@ -292,6 +302,9 @@ def gradients(
                     f"element of the output, e.g. '{elements.first_of(name)}'"
                 )
         scores = evaluate(target, put_target_sites(run, run.output, sites), batch_dims=1)
+        if values is not None:
+            for tname, score in scores.items():
+                parts.setdefault(tname, []).append(score.detach())
         wrt = leaves + list(acts.values())
         names = list(keys) + list(acts)
         grads = _vjps(scores, wrt, batched)
@@ -305,6 +318,8 @@ def gradients(
                 _accumulate(acc, k, ex, g, w, n_ex, aligned)
                 if acc2 is not None:
                     _accumulate(acc2, k, ex, g * g, w, n_ex, aligned)
+    if values is not None:
+        values.update({tname: torch.cat([p.reshape(-1) for p in ps]) for tname, ps in parts.items()})
     return sums, squares
 
 

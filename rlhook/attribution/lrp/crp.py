@@ -89,7 +89,7 @@ class ConceptRelevance(LRP):
             raise ValueError("concepts=[] explains nothing; give channel indices or None for every channel")
         return masks
 
-    def input_gradients(self, hooked, flat, keys, target=None):
+    def input_gradients(self, hooked, flat, keys, target=None, values=None):
         site = hooked.state.site
         name = site[0]
         probe = layer_outputs(hooked, flat[:1], [site])[name]
@@ -117,6 +117,9 @@ class ConceptRelevance(LRP):
                 saved = run.save(site)
             act = saved.resolve()
             scores = evaluate(target, run.output, batch_dims=1)
+            if values is not None:  # the targets' values, read by LRP.attribute (no second forward)
+                for t, score in scores.items():
+                    values[t] = torch.cat([values[t], score.detach()]) if t in values else score.detach()
             for i, (t, score) in enumerate(scores.items()):
                 # relevance reaching the layer (one backward from the target), then one per concept below it
                 (rel,) = torch.autograd.grad(score.sum(), act, retain_graph=True, allow_unused=True)
@@ -160,8 +163,7 @@ class ConceptRelevance(LRP):
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         sums = super().attribute(hooked, flat, keys)
         if self.start == "gradient":
-            with torch.no_grad():
-                scores = evaluate(self.options.target, hooked.model_forward(flat.clone(False)), batch_dims=1)
+            scores = hooked.state.scores  # from the forward of the gradient (LRP.attribute)
             rel = hooked.state.concept_relevance
             for t in rel:
                 rel[t] = rel[t] * scores[t].reshape(-1, 1).to(rel[t].dtype)

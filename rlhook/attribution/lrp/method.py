@@ -16,7 +16,7 @@ from rlhook.attribution.lrp.composite import Composite
 from rlhook.attribution.lrp.rules import Rule
 from rlhook.hooks import Hooks
 from rlhook.methods import Prepared
-from rlhook.targets import Target, as_callable, evaluate
+from rlhook.targets import Target, as_callable
 
 __all__ = ["LRP"]
 
@@ -153,9 +153,10 @@ class LRP(GradientMethod):
     def attribute(self, hooked: Prepared, flat: TensorDictBase, keys: list[NestedKey]) -> dict:
         o = self.options
         start = _seeded(o.target, hooked.out_keys) if self.start == "output" else o.target
-        sums = self.input_gradients(hooked, flat, keys, start)
-        with torch.no_grad():
-            scores = evaluate(o.target, hooked.model_forward(flat.clone(False)), batch_dims=1)
+        # the target's values come from the forward the gradient takes (the seed is the identity there)
+        scores: dict = {}
+        sums = self.input_gradients(hooked, flat, keys, start, values=scores)
+        hooked.state.scores = scores
         if self.start == "gradient":
             sums = {
                 t: {k: r * scores[t].reshape(-1, *([1] * (r.dim() - 1))).to(r.dtype) for k, r in m.items()}
