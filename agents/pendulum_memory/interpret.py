@@ -20,7 +20,7 @@ from rlhook.rl.state_edit import ReplaceState, ShiftAlong, StateEdit
 from rlhook.rl.torchrl_compat import exploration
 from rlhook.rl.unrolled import UnrolledPolicy, attribute_over_time, stack_by_lag, time_windows
 
-LSTM_CHECKPOINT = ROOT / "lstm_best.pt"
+LSTM_CHECKPOINT = ROOT / "lstm_continued.pt"
 FRAMESTACK_CHECKPOINT = ROOT / "framestack_best.pt"
 
 

@@ -11,9 +11,14 @@ from rlhook.plot.heatmap import pyplot, save_figure
 __all__ = ["probe_controls_figure"]
 
 
-def probe_controls_figure(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+def probe_controls_figure(
+    rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "", floor: float = -0.5
+) -> Path:
     """Bars of the best layer's score per (quantity, feature set) from ``probe_with_controls`` rows, with the
-    shuffled-label score of that layer as a black tick; saved as a PNG at ``path``."""
+    shuffled-label score of that layer as a black tick; saved as a PNG at ``path``.
+
+    Scores below ``floor`` (R^2 is unbounded below) are drawn down to it and labelled with their value, so one
+    undecodable quantity does not flatten the others."""
     plt = pyplot()
     quantities = list(dict.fromkeys(r["quantity"] for r in rows))
     sets = list(dict.fromkeys(r["features"] for r in rows))
@@ -29,10 +34,15 @@ def probe_controls_figure(rows: Sequence[dict[str, Any]], path: str | Path, *, t
             best.append(top["score"])
             shuffled.append(top["shuffled"] if top["shuffled"] is not None else float("nan"))
         xs = [i + (j - (len(sets) - 1) / 2) * width for i in range(len(quantities))]
-        ax.bar(xs, best, width * 0.9, label=name)
+        ax.bar(xs, [max(b, floor) for b in best], width * 0.9, label=name)
+        for x, b in zip(xs, best):
+            if b < floor:
+                ax.text(
+                    x, floor, f"{b:.3g}", rotation=90, ha="center", va="bottom", fontsize=7, color="white"
+                )
         ax.scatter(
             xs,
-            shuffled,
+            [max(v, floor) if v == v else v for v in shuffled],  # (NaN: no control)
             marker="_",
             color="black",
             s=120,
@@ -42,7 +52,7 @@ def probe_controls_figure(rows: Sequence[dict[str, Any]], path: str | Path, *, t
     metric = rows[0].get("metric", "score")
     ax.set_xticks(range(len(quantities)), quantities)
     ax.set_ylabel(f"test {metric} (best layer)")
-    ax.set_ylim(min(-0.2, ax.get_ylim()[0]), 1.0)
+    ax.set_ylim(max(floor, min(-0.2, ax.get_ylim()[0])), 1.0)
     ax.axhline(0, color="grey", lw=0.8)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(title or "probe scores and controls")
