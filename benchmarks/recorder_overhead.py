@@ -5,7 +5,9 @@ Three variants, each on its own copy of the actor (same weights), interleaved ca
 - the bare actor;
 - raw torch forward hooks registered once, writing the same 3 activations into the output TensorDict (the
   cheapest hand-written equivalent; it leaves hooks on the modules and does not pickle with the policy);
-- ``Recorder(actor, 3 layers)`` (hooks only during each call; activations and the mask written into the output).
+- ``Recorder(actor, 3 layers)`` (hooks only during each call; activations and the mask written into the output);
+- tdhook's ``ActivationCaching`` as the policy, when tdhook is installed (hooks for its prepare block, the
+  activations written into the output at ``("cache", name)``).
 
 Every call of a variant is paired with the bare call next to it, so the machine's drift cancels: the table
 gives the median extra cost per call over the bare actor with its quartiles over all calls, and the ratio of
@@ -61,19 +63,26 @@ def main() -> None:
         "raw": raw_hooks(copy.deepcopy(actor)),
         "rec": Recorder(copy.deepcopy(actor), LAYERS),
     }
+    try:  # tdhook's ActivationCaching as a policy (its hooks live for the prepare block), when installed
+        from tdhook.latent import ActivationCaching
+
+        ctx = ActivationCaching(r"module\.0\.module\.(act0|act1|out)").prepare(copy.deepcopy(actor))
+        variants["tdhook"] = ctx.__enter__()
+    except ImportError:
+        print("tdhook not installed: skipped")
     frame = TensorDict({"observation": torch.randn(9)}, batch_size=[])
     ref, got = variants["rec"](frame.clone()), variants["raw"](frame.clone())
     for name in LAYERS:  # same activations before any timing
         torch.testing.assert_close(ref["rlhook", name], got["rlhook", name])
-    extra: dict[str, list[float]] = {"raw": [], "rec": []}
+    extra: dict[str, list[float]] = {k: [] for k in variants if k != "bare"}
     bare_us: list[float] = []
     ratios: list[float] = []
     clock = time.perf_counter
     with torch.no_grad():
         for r in range(args.rounds + 1):  # round 0 warms up
-            round_extra: dict[str, list[float]] = {"raw": [], "rec": []}
+            round_extra: dict[str, list[float]] = {k: [] for k in extra}
             for i in range(args.calls):
-                order = ["bare", "raw", "rec"] if (i + r) % 2 == 0 else ["rec", "raw", "bare"]
+                order = list(variants) if (i + r) % 2 == 0 else list(variants)[::-1]
                 tds = {k: frame.clone() for k in order}
                 took = {}
                 for k in order:
@@ -92,7 +101,13 @@ def main() -> None:
     print(f"\n{args.calls} calls per round, {args.rounds} rounds, torch {torch.__version__}, 1 thread\n")
     print("| variant | extra over bare, us per call (median) | quartiles |\n|---|---:|---:|")
     print(f"| bare actor | {statistics.median(bare_us):.0f} us per call | - |")
-    for key, name in (("raw", "raw torch hooks, 3 layers"), ("rec", "rlhook Recorder, 3 layers")):
+    names = {
+        "raw": "raw torch hooks, 3 layers",
+        "rec": "rlhook Recorder, 3 layers",
+        "tdhook": "tdhook ActivationCaching, 3 layers",
+    }
+    for key in extra:
+        name = names[key]
         q = statistics.quantiles(extra[key], n=4)
         print(f"| {name} | {statistics.median(extra[key]):.0f} | {q[0]:.0f} to {q[2]:.0f} |")
     if ratios:

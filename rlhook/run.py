@@ -168,7 +168,11 @@ class Run:
 
             def pre(mod: nn.Module, args: Any) -> None:
                 value = elements.select(args[index], rest, where)
-                proxy.record(value.detach() if detach and isinstance(value, torch.Tensor) else value)
+                proxy.record(
+                    value.detach()
+                    if detach and isinstance(value, torch.Tensor) and value.requires_grad
+                    else value
+                )
 
             self._declare("forward_pre", module, pre)
             return proxy
@@ -177,7 +181,12 @@ class Run:
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
             value = elements.select(output, element, where) if element else output
-            keep(value.detach() if detach and isinstance(value, torch.Tensor) else value)
+            # (a value that needs no gradient is kept as it is: no detach op on every frame of a collector)
+            keep(
+                value.detach()
+                if detach and isinstance(value, torch.Tensor) and value.requires_grad
+                else value
+            )
 
         self._declare("forward", module, hook)
         return proxy
@@ -275,7 +284,11 @@ class Run:
         does not run in eval) are left out instead, listed in ``skipped`` and reported by a
         ``NeverRanWarning``; it is an error still when no module at all gave a value, and always for a module
         named one by one."""
-        missing = [name for name, p in proxies.items() if not p.fired]
+        missing = [name for name, p in proxies.items() if not p.calls]
+        if not missing and self.done:  # the common case, once per frame for a Recorder: no check to make
+            self.skipped = []
+            values = {name: p.resolve() for name, p in proxies.items()}
+            return {n: unflatten(v, self.td.batch_size) for n, v in values.items()} if batched else values
         optional = getattr(self.hooked, "optional", set())
         fatal = [name for name in missing if name not in optional]
         if fatal or (missing and len(missing) == len(proxies)):
