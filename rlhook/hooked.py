@@ -35,6 +35,9 @@ class HookedModule(TensorDictModuleBase):
             ``("output", name)``). For a TensorDict module, the outputs methods look at (default: its own).
         constants: keyword arguments passed to every forward of a plain module, e.g. ``{"use_cache": False}``
             for a Hugging Face model (kept when the hooked module is wrapped again, as methods do).
+        track_given: record, for a TensorDict module, the values its forward overwrites (the batch's action)
+            for the targets that read them (``keys.given``); a ``Recorder`` turns it off, nothing reads them
+            there.
 
     ``optional`` holds the names that ``resolve`` found through a *pattern* (a regex): a run reports those that
     never ran (a ``ModuleList``, a dropout skipped in eval) with a ``NeverRanWarning`` instead of failing.
@@ -51,6 +54,7 @@ class HookedModule(TensorDictModuleBase):
         out_keys: Sequence[NestedKey] | Mapping[str | int, NestedKey] | None = None,
         *,
         constants: Mapping[str, Any] | None = None,
+        track_given: bool = True,
     ) -> None:
         super().__init__()
         default_out = out_keys is None
@@ -72,6 +76,7 @@ class HookedModule(TensorDictModuleBase):
             )
         self.constants: dict[str, Any] = dict(constants or {})
         self.optional: set[str] = set()
+        self.track_given = track_given
         if self.is_td_module:
             in_keys = list(model.in_keys) if in_keys is None else in_keys
             out_keys = list(model.out_keys) if out_keys is None else out_keys
@@ -118,10 +123,7 @@ class HookedModule(TensorDictModuleBase):
         if self.is_td_module:
             for key in model.in_keys:
                 get_key(td, key)
-            top = td.keys()
-            # the outputs the forward will overwrite, e.g. the taken action; targets read them with
-            # keys.given ("the action in the batch", not the one just written)
-            before = {k: td.get(k) for k in model.out_keys if (k in top if isinstance(k, str) else k in td)}
+            before = self._before(td, model.out_keys) if self.track_given else None
             out = model(td)
             out = td if out is None else out
             if before:
@@ -156,6 +158,13 @@ class HookedModule(TensorDictModuleBase):
                     "TensorDict with batch_size [] (as TorchRL losses do) and target=Aggregate(key)"
                 ) from e
         return td
+
+    @staticmethod
+    def _before(td: TensorDictBase, out_keys: Sequence[NestedKey]) -> dict:
+        """The outputs the forward will overwrite, e.g. the taken action; targets read them with keys.given
+        ("the action in the batch", not the one just written)."""
+        top = td.keys()
+        return {k: td.get(k) for k in out_keys if (k in top if isinstance(k, str) else k in td)}
 
     def _map_outputs(self, out: Any) -> list[tuple[NestedKey, torch.Tensor]]:
         spec = self._out_spec

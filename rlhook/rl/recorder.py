@@ -75,7 +75,9 @@ class Recorder(TensorDictModuleBase):
             object.__setattr__(self, shared, getattr(policy, shared))
         self.prefix = (prefix,) if isinstance(prefix, str) else tuple(prefix)
         self._targets = resolve(policy, paths)  # resolved once; plain list, so not registered twice
-        object.__setattr__(self, "_hooked", HookedModule(policy))  # the get-set core over the same policy
+        object.__setattr__(
+            self, "_hooked", HookedModule(policy, track_given=False)
+        )  # the get-set core over the same policy
         self.names = [name for name, _ in self._targets]
         self.in_keys = list(policy.in_keys)
         self.out_keys = list(policy.out_keys) + [self.key(n) for n in self.names] + [self.mask_key]
