@@ -75,9 +75,8 @@ class Recorder(TensorDictModuleBase):
             object.__setattr__(self, shared, getattr(policy, shared))
         self.prefix = (prefix,) if isinstance(prefix, str) else tuple(prefix)
         self._targets = resolve(policy, paths)  # resolved once; plain list, so not registered twice
-        object.__setattr__(
-            self, "_hooked", HookedModule(policy, track_given=False)
-        )  # the get-set core over the same policy
+        # the get-set core over the same policy (nothing reads the outputs a forward overwrites here)
+        object.__setattr__(self, "_hooked", HookedModule(policy, track_given=False))
         self.names = [name for name, _ in self._targets]
         self.in_keys = list(policy.in_keys)
         self.out_keys = list(policy.out_keys) + [self.key(n) for n in self.names] + [self.mask_key]
@@ -106,8 +105,7 @@ class Recorder(TensorDictModuleBase):
         return capture
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state = dict(state)
+        state = dict(super().__getstate__())
         state.pop("_capture_run", None)  # closures over this object's proxies: rebuilt where it is used
         return state
 
