@@ -57,17 +57,18 @@ class Hooks:
         setattr(obj, name, value)
         self.undo(lambda: setattr(obj, name, old))
 
-    def add(self, table: MutableMapping[int, Any], fn: Callable[..., Any]) -> None:
+    def add(self, table: MutableMapping[int, Any], fn: Callable[..., Any]) -> Any:
         """Put ``fn`` into a module's hook table (``module._forward_hooks`` or ``module._forward_pre_hooks``):
-        what ``forward``/``forward_pre`` do with their default options, for callers that keep the table."""
-        self._handles.append(_Entry(table, add_hook(table, fn)))
+        what ``forward``/``forward_pre`` do with their default options, without a ``RemovableHandle`` (see
+        ``compat.add_hook``)."""
+        return self._keep(_Entry(table, add_hook(table, fn)))
 
     def forward(
         self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
     ) -> Any:
         """``fn(module, args, output)`` (or ``fn(module, args, kwargs, output)``); may return a new output."""
-        if not (with_kwargs or prepend):  # the common case, without a RemovableHandle (see compat.add_hook)
-            return self._keep(_Entry(module._forward_hooks, add_hook(module._forward_hooks, fn)))
+        if not (with_kwargs or prepend):
+            return self.add(module._forward_hooks, fn)
         return self._keep(module.register_forward_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
 
     def forward_pre(
@@ -75,7 +76,7 @@ class Hooks:
     ) -> Any:
         """``fn(module, args)`` (or ``fn(module, args, kwargs)``); may return new args (and kwargs)."""
         if not (with_kwargs or prepend):
-            return self._keep(_Entry(module._forward_pre_hooks, add_hook(module._forward_pre_hooks, fn)))
+            return self.add(module._forward_pre_hooks, fn)
         return self._keep(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
 
     def backward(

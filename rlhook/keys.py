@@ -11,6 +11,7 @@ from tensordict.utils import NestedKey
 
 __all__ = [
     "MissingKeyError",
+    "clone_given",
     "get_key",
     "given",
     "join",
@@ -69,6 +70,12 @@ def keep_given(src: TensorDictBase, dst: TensorDictBase) -> TensorDictBase:
     if entry is not None and entry[0]() is src and dst is not src:
         remember_given(dst, entry[1])
     return dst
+
+
+def clone_given(td: TensorDictBase) -> TensorDictBase:
+    """``td.clone(False)`` (a forward's output kept aside) with ``td``'s record of the values its forward
+    overwrote (see ``keep_given``)."""
+    return keep_given(td, td.clone(False))
 
 
 def given(td: TensorDictBase, key: NestedKey, what: str = "input") -> Any:

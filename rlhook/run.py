@@ -285,26 +285,22 @@ class Run:
         ``NeverRanWarning``; it is an error still when no module at all gave a value, and always for a module
         named one by one."""
         missing = [name for name, p in proxies.items() if not p.calls]
-        if not missing and self.done:  # the common case, once per frame for a Recorder: no check to make
-            self.skipped = []
-            values = {name: p.resolve() for name, p in proxies.items()}
-            return {n: unflatten(v, self.td.batch_size) for n, v in values.items()} if batched else values
-        optional = getattr(self.hooked, "optional", set())
-        fatal = [name for name in missing if name not in optional]
-        if fatal or (missing and len(missing) == len(proxies)):
-            raise ProxyError(
-                f"modules {fatal or missing} never ran during the forward (unused, called functionally, or "
-                "skipped); check the paths"
-            )
-        self.skipped = missing
-        if missing:
+        if missing:  # (the common case, once per frame for a Recorder, has nothing to check)
+            optional = getattr(self.hooked, "optional", set())
+            fatal = [name for name in missing if name not in optional]
+            if fatal or len(missing) == len(proxies):
+                raise ProxyError(
+                    f"modules {fatal or missing} never ran during the forward (unused, called functionally, or "
+                    "skipped); check the paths"
+                )
             warnings.warn(
                 f"{len(missing)} module(s) the path pattern selected gave no value and are left out: {missing} "
                 "(containers such as ModuleList never run; dropouts may be skipped in eval)",
                 NeverRanWarning,
                 stacklevel=3,
             )
-        values = {name: p.resolve() for name, p in proxies.items() if p.fired}
+        self.skipped = missing
+        values = {name: p.resolve() for name, p in proxies.items() if p.calls}
         return {n: unflatten(v, self.td.batch_size) for n, v in values.items()} if batched else values
 
     def clear(self) -> None:

@@ -18,7 +18,7 @@ from tensordict import TensorDictBase
 
 from rlhook import elements
 from rlhook.hooks import Hooks
-from rlhook.keys import keep_given, source_td
+from rlhook.keys import clone_given, keep_given, source_td
 from rlhook.methods import Method, Prepared
 from rlhook.paths import Path
 from rlhook.targets import Target, evaluate
@@ -194,9 +194,9 @@ class ActivationPatching(PatchEffects):
         out_keys, sites = hooked.out_keys, hooked.state.modules
         with hooked.run(source_td(td, hooked.in_keys, self.key("source"))) as run:
             saved = {name: run.save((name, module)) for name, module in sites}
-        source_out = keep_given(run.output, run.output.clone(False))
+        source_out = clone_given(run.output)
         src_acts = run.collect(saved)
-        clean_out = keep_given(td, hooked.model_forward(td).clone(False))
+        clean_out = clone_given(hooked.model_forward(td))
         self.write_outputs(td, "source", None, source_out, out_keys)
         names = [n for n, _ in sites if n in src_acts]  # modules a pattern selected that never ran: reported
         groups = [names] if self.jointly else [[n] for n in names]

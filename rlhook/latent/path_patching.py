@@ -8,7 +8,7 @@ from tensordict import TensorDictBase
 from torch import nn
 
 from rlhook.hooks import Hooks
-from rlhook.keys import keep_given, source_td
+from rlhook.keys import clone_given, source_td
 from rlhook.latent.patching import Divergence, PatchEffects, PatchFn, checked_patch
 from rlhook.methods import Prepared
 from rlhook.paths import Path
@@ -68,11 +68,11 @@ class PathPatching(PatchEffects):
         s_name, r_name = sender[0], receiver[0]
         with hooked.run(source_td(td, hooked.in_keys, self.key("source"))) as run:
             sent = run.save(sender)
-        source_out = keep_given(run.output, run.output.clone(False))
+        source_out = clone_given(run.output)
         src = run.collect({s_name: sent})[s_name]
         with hooked.run(td) as run:
             held = {n: run.save((n, m)) for n, m in frozen}
-        clean_out = keep_given(run.output, run.output.clone(False))
+        clean_out = clone_given(run.output)
         clean_cache = run.collect(held)
         swap = self.patch_fn or (lambda clean, source: source)
         with hooked.run(self.fresh(hooked, td)) as run:

@@ -10,7 +10,7 @@ import torch
 
 from rlhook.extras import require
 
-__all__ = ["heatmap", "image_grid", "save_figure"]
+__all__ = ["finish_rows", "heatmap", "image_grid", "save_figure"]
 
 
 def pyplot():
@@ -64,6 +64,38 @@ def heatmap(
     return save_figure(fig, path)
 
 
+def finish_rows(
+    fig: Any,
+    axes: Any,
+    images: Sequence[Any],
+    *,
+    row_titles: Sequence[str] | None,
+    col_titles: Sequence[str] | None,
+    colorbar_label: str,
+    title: str,
+    size: int = 8,
+    fraction: float = 0.015,
+) -> None:
+    """Label a grid of map rows (``axes``: ``(N, 1 + K)``, inputs in column 0): one colour bar per row from
+    ``images[i]`` (the row's last map), its label on the middle row, row and column titles (``col_titles``
+    includes column 0's), no ticks, and ``title`` above; text at font ``size``."""
+    n = len(images)
+    for i, im in enumerate(images):
+        cbar = fig.colorbar(im, ax=list(axes[i]), fraction=fraction, pad=0.01)
+        cbar.ax.tick_params(labelsize=6)
+        if i == n // 2:
+            cbar.set_label(colorbar_label, fontsize=size)
+        if row_titles is not None:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=size)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for j, t in enumerate(col_titles or []):
+        axes[0, j].set_title(t, fontsize=size)
+    if title:
+        fig.suptitle(title, fontsize=size + 2)
+
+
 def image_grid(
     images: torch.Tensor,
     maps: torch.Tensor,
@@ -84,23 +116,15 @@ def image_grid(
     fig, axes = plt.subplots(
         n, k + 1, figsize=(1.3 * (k + 1) + 0.9, 1.3 * n + (0.5 if title else 0.2)), squeeze=False
     )
+    last = []
     for i in range(n):
         axes[i, 0].imshow(images[i].detach().cpu().numpy(), cmap="gray")
         lim = float(maps[i].abs().max()) or 1.0
         for j in range(k):
             im = axes[i, j + 1].imshow(maps[i, j].detach().cpu().numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-        cbar = fig.colorbar(im, ax=list(axes[i]), fraction=0.015, pad=0.01)
-        cbar.ax.tick_params(labelsize=6)
-        if i == n // 2:
-            cbar.set_label(colorbar_label, fontsize=8)
-        if row_titles is not None:
-            axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if col_titles is not None:
-        for j, t in enumerate(["input", *col_titles]):
-            axes[0, j].set_title(t, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
+        last.append(im)
+    columns = None if col_titles is None else ["input", *col_titles]
+    finish_rows(
+        fig, axes, last, row_titles=row_titles, col_titles=columns, colorbar_label=colorbar_label, title=title
+    )
     return save_figure(fig, path, tight=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rlhook.plot.heatmap import pyplot, save_figure
+from rlhook.plot.heatmap import finish_rows, pyplot, save_figure
 
 __all__ = ["overlay_grid"]
 
@@ -52,29 +52,28 @@ def overlay_grid(
     plt = pyplot()
     n, k = maps.shape[:2]
     fig, axes = plt.subplots(n, k + 1, figsize=(1.6 * (k + 1) + 0.8, 1.6 * n + 0.6), squeeze=False)
+    last = []
     for i in range(n):
         rgb = _rgb(images[i])
         axes[i, 0].imshow(rgb.numpy(), interpolation="nearest")
         grey = rgb.mean(-1).numpy()
         v = maps[i].detach().float().cpu()
         lim = float(v.abs().max()) or 1.0
-        im = None
         for j in range(k):
             axes[i, j + 1].imshow(grey, cmap="gray", interpolation="nearest")
             im = axes[i, j + 1].imshow(
                 v[j].numpy(), cmap="bwr", vmin=-lim, vmax=lim, alpha=alpha, interpolation="nearest"
             )
-        cbar = fig.colorbar(im, ax=list(axes[i]), fraction=0.02, pad=0.01)
-        cbar.ax.tick_params(labelsize=6)
-        if i == n // 2:
-            cbar.set_label(colorbar_label, fontsize=7)
-        if row_titles is not None:
-            axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for j, t in enumerate(["input", *(col_titles or [])]):
-        axes[0, j].set_title(t, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
+        last.append(im)
+    finish_rows(
+        fig,
+        axes,
+        last,
+        row_titles=row_titles,
+        col_titles=["input", *(col_titles or [])],
+        colorbar_label=colorbar_label,
+        title=title,
+        size=7,
+        fraction=0.02,
+    )
     return save_figure(fig, path, tight=True)
